@@ -1,0 +1,1 @@
+"""Shared, torch-free pieces of fanout: the layout file, request parameters, the launcher."""

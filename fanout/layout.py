@@ -1,0 +1,360 @@
+"""Read ``gpu_layout.yaml`` once, validate it, and hand out frozen, typed objects.
+
+This module must stay free of torch and requests: the gunicorn masters, the front and
+the launcher all import it, and none of them may initialise CUDA.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping, Set as AbstractSet
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_LAYOUT = Path(__file__).resolve().parent.parent / "gpu_layout.yaml"
+LAYOUT_ENV = "FANOUT_LAYOUT"
+FRONT_BIND_ENV = "FANOUT_FRONT_BIND"
+POOL_ENV = "FANOUT_POOL"  # which pool a worker-tier server runs
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+_DEVICE = re.compile(r"^(cpu|cuda:(0|[1-9][0-9]*))$")
+_POOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# A hub id is "name" or "owner/name"; anything that looks like a path is a folder.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+class LayoutError(ValueError):
+    """A layout file that cannot be served; the message names file, key path and problem."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source, self.key, self.problem = source, key, problem
+
+
+@dataclass(frozen=True)
+class Bind:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        # A wildcard bind is reached through loopback on this host.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """What a request gets for each parameter it leaves out."""
+
+    length: int = 20
+    temperature: float = 1.0
+    top_k: int = 40
+    top_p: float = 0.9
+    max_time: float = 3.0
+    n_samples: int = 3
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    """The largest values a request may ask for."""
+
+    length: int = 256
+    max_time: float = 20.0
+    context_bytes: int = 32_768
+
+
+@dataclass(frozen=True)
+class Front:
+    bind: Bind
+    threads: int = 16
+    max_samples: int = 8
+    # Seconds allowed for connecting to and hearing back from a worker beyond max_time.
+    network_slack: float = 5.0
+    max_body_bytes: int = 65_536
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    device: str
+    threads: int = 1
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda:")
+
+    @property
+    def cuda_index(self) -> int | None:
+        return int(self.device.split(":", 1)[1]) if self.is_cuda else None
+
+
+@dataclass(frozen=True)
+class Model:
+    """A local folder (``path`` set) or a hub id resolved from the local cache."""
+
+    source: str
+    path: Path | None
+    allow_pickle: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else self.source
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    model: Model
+    dtype: str
+    bind: Bind
+    slots: tuple[Slot, ...]
+    # gunicorn's worker timeout; must exceed the longest generation a request may ask for.
+    worker_timeout: float = 60.0
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(slot.device for slot in self.slots)
+
+
+@dataclass(frozen=True)
+class Layout:
+    source: Path
+    front: Front
+    defaults: GenerationDefaults
+    limits: GenerationLimits
+    pools: Mapping[str, Pool]
+
+    @property
+    def default_pool(self) -> Pool:
+        return next(iter(self.pools.values()))
+
+    def pool(self, name: str) -> Pool:
+        return self.pools[name]
+
+
+def layout_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The layout to use: an explicit path, else ``$FANOUT_LAYOUT``, else the embedded default."""
+    chosen = explicit or os.environ.get(LAYOUT_ENV) or DEFAULT_LAYOUT
+    return Path(chosen).expanduser().resolve()
+
+
+def load_layout(path: str | os.PathLike[str] | None = None) -> Layout:
+    """Parse and validate a layout file. Raises :class:`LayoutError` on the first problem."""
+    source = layout_path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LayoutError(str(source), "<file>", f"cannot be read ({exc.strerror})") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise LayoutError(str(source), "<file>", f"is not valid YAML: {exc}") from exc
+    return _Parser(source).layout(document)
+
+
+class _Parser:
+    """Walks the YAML document, remembering the key path for error messages."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.binds: dict[Bind, str] = {}
+
+    def fail(self, key: str, problem: str) -> LayoutError:
+        return LayoutError(str(self.source), key, problem)
+
+    def layout(self, document: Any) -> Layout:
+        root = self.mapping(document, "<root>", required={"pools"},
+                            optional={"front", "generation"})
+        generation = self.mapping(root.get("generation", {}), "generation",
+                                  optional={"defaults", "limits"})
+        limits = self.limits(generation.get("limits", {}))
+        front = self.front(root.get("front", {}))
+        defaults = self.defaults(generation.get("defaults", {}), limits, front)
+        pools = self.mapping(root["pools"], "pools")
+        if not pools:
+            raise self.fail("pools", "needs at least one pool")
+        parsed = {name: self.pool(name, spec, limits) for name, spec in pools.items()}
+        return Layout(self.source, front, defaults, limits, parsed)
+
+    def front(self, value: Any) -> Front:
+        key = "front"
+        spec = self.mapping(value, key, optional={
+            "bind", "threads", "max_samples", "network_slack", "max_body_bytes"})
+        bind_text = os.environ.get(FRONT_BIND_ENV) or spec.get("bind", "127.0.0.1:8000")
+        bind_key = f"${FRONT_BIND_ENV}" if os.environ.get(FRONT_BIND_ENV) else f"{key}.bind"
+        return Front(
+            bind=self.bind(bind_text, bind_key),
+            threads=self.integer(spec, key, "threads", 16, low=1, high=1024),
+            max_samples=self.integer(spec, key, "max_samples", 8, low=1, high=64),
+            network_slack=self.number(spec, key, "network_slack", 5.0, low=0.1, high=600),
+            max_body_bytes=self.integer(spec, key, "max_body_bytes", 65_536,
+                                        low=1024, high=64 * 2**20),
+        )
+
+    def limits(self, value: Any) -> GenerationLimits:
+        key = "generation.limits"
+        spec = self.mapping(value, key, optional={"length", "max_time", "context_bytes"})
+        return GenerationLimits(
+            length=self.integer(spec, key, "length", 256, low=1, high=1_000_000),
+            max_time=self.number(spec, key, "max_time", 20.0, low=0.01, high=3600),
+            context_bytes=self.integer(spec, key, "context_bytes", 32_768,
+                                       low=1, high=16 * 2**20),
+        )
+
+    def defaults(self, value: Any, limits: GenerationLimits, front: Front) -> GenerationDefaults:
+        key = "generation.defaults"
+        spec = self.mapping(value, key, optional={
+            "length", "temperature", "top_k", "top_p", "max_time", "n_samples"})
+        return GenerationDefaults(
+            length=self.integer(spec, key, "length", 20, low=1, high=limits.length),
+            temperature=self.number(spec, key, "temperature", 1.0, low=0.0, high=100.0),
+            top_k=self.integer(spec, key, "top_k", 40, low=0, high=1_000_000),
+            top_p=self.number(spec, key, "top_p", 0.9, low=0.0, high=1.0, low_open=True),
+            max_time=self.number(spec, key, "max_time", 3.0, low=0.01, high=limits.max_time),
+            n_samples=self.integer(spec, key, "n_samples", 3, low=1, high=front.max_samples),
+        )
+
+    def pool(self, name: Any, value: Any, limits: GenerationLimits) -> Pool:
+        key = f"pools.{name}"
+        if not isinstance(name, str) or not _POOL_NAME.match(name):
+            raise self.fail(key, "pool names are lower-case letters, digits, '-' or '_' "
+                                 "(at most 32, starting with a letter)")
+        spec = self.mapping(value, key, required={"model", "bind", "slots"},
+                            optional={"dtype", "allow_pickle", "worker_timeout"})
+        slots_value = spec["slots"]
+        if not isinstance(slots_value, list) or not slots_value:
+            raise self.fail(f"{key}.slots", "needs a list of at least one worker slot")
+        slots = tuple(self.slot(f"{key}.slots[{i}]", i, s) for i, s in enumerate(slots_value))
+        dtype = spec.get("dtype", "auto")
+        if dtype not in DTYPES:
+            raise self.fail(f"{key}.dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype == "float16" and any(not s.is_cuda for s in slots):
+            raise self.fail(f"{key}.dtype", "float16 needs GPU slots; use float32 or "
+                                            "bfloat16 for a pool with cpu slots")
+        allow_pickle = spec.get("allow_pickle", False)
+        if not isinstance(allow_pickle, bool):
+            raise self.fail(f"{key}.allow_pickle", "must be true or false")
+        timeout = self.number(spec, key, "worker_timeout", 60.0, low=1.0, high=86_400)
+        if timeout <= limits.max_time:
+            raise self.fail(f"{key}.worker_timeout",
+                            f"{timeout:g}s must exceed generation.limits.max_time "
+                            f"({limits.max_time:g}s), or gunicorn kills healthy generations")
+        return Pool(name=name, model=self.model(spec["model"], f"{key}.model", allow_pickle),
+                    dtype=dtype, bind=self.bind(spec["bind"], f"{key}.bind"),
+                    slots=slots, worker_timeout=timeout)
+
+    def slot(self, key: str, index: int, value: Any) -> Slot:
+        if isinstance(value, str):
+            value = {"device": value}
+        spec = self.mapping(value, key, required={"device"}, optional={"threads"})
+        device = spec["device"]
+        if not isinstance(device, str) or not _DEVICE.match(device):
+            raise self.fail(f"{key}.device", f"{device!r} is not a device; use 'cpu' or 'cuda:N'")
+        threads = self.integer(spec, key, "threads", 1, low=1, high=1024)
+        return Slot(index=index, device=device, threads=threads)
+
+    def model(self, value: Any, key: str, allow_pickle: bool) -> Model:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "must name a model folder or a hub id")
+        candidate = Path(value).expanduser()
+        if not candidate.is_absolute():
+            candidate = self.source.parent / candidate
+        if candidate.is_dir():
+            return Model(source=value, path=candidate.resolve(), allow_pickle=allow_pickle)
+        if value.startswith(_PATH_PREFIXES) or not _HUB_ID.match(value):
+            raise self.fail(key, f"model folder {candidate} does not exist")
+        return Model(source=value, path=None, allow_pickle=allow_pickle)
+
+    def bind(self, value: Any, key: str) -> Bind:
+        if not isinstance(value, str):
+            raise self.fail(key, "must be 'host:port', e.g. '127.0.0.1:8000'")
+        host, sep, port_text = value.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise self.fail(key, f"{value!r} is not 'host:port' with a port from 1 to 65535")
+        if host != "localhost":
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise self.fail(key, f"{host!r} is not an IP address or 'localhost'") from None
+        bind = Bind(host, int(port_text))
+        if bind in self.binds:
+            raise self.fail(key, f"{bind} is already bound by {self.binds[bind]}")
+        self.binds[bind] = key
+        return bind
+
+    def mapping(self, value: Any, key: str, required: AbstractSet[str] = frozenset(),
+                optional: AbstractSet[str] | None = None) -> dict[str, Any]:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, not {type(value).__name__}")
+        missing = sorted(set(required) - set(value))
+        if missing:
+            raise self.fail(f"{key}.{missing[0]}", "is required")
+        if optional is not None:
+            unknown = sorted(str(k) for k in set(value) - set(required) - set(optional))
+            if unknown:
+                allowed = ", ".join(sorted(required | optional))
+                raise self.fail(f"{key}.{unknown[0]}", f"unknown key (allowed: {allowed})")
+        return value
+
+    def integer(self, spec: dict[str, Any], key: str, name: str, default: int,
+                low: int, high: int) -> int:
+        value = spec.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"{key}.{name}", f"must be an integer, not {value!r}")
+        if not low <= value <= high:
+            raise self.fail(f"{key}.{name}", f"{value} is outside {low}..{high}")
+        return value
+
+    def number(self, spec: dict[str, Any], key: str, name: str, default: float,
+               low: float, high: float, low_open: bool = False) -> float:
+        value = spec.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(f"{key}.{name}", f"must be a number, not {value!r}")
+        too_low = value <= low if low_open else value < low
+        if too_low or value > high or value != value:
+            bracket = "(" if low_open else "["
+            raise self.fail(f"{key}.{name}", f"{value} is outside {bracket}{low:g}, {high:g}]")
+        return float(value)
+
+
+def describe(layout: Layout) -> str:
+    """A few human lines: what a layout will start."""
+    lines = [f"layout {layout.source}", f"  front   http on {layout.front.bind} "
+             f"({layout.front.threads} threads, up to {layout.front.max_samples} samples)"]
+    for pool in layout.pools.values():
+        devices = ", ".join(f"{s.device}x{s.threads}t" for s in pool.slots)
+        lines.append(f"  pool {pool.name}: {pool.model.source} ({pool.dtype}) on {pool.bind}, "
+                     f"{len(pool.slots)} workers [{devices}]")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fanout.layout [FILE]``: validate a layout and say what it starts."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        print(describe(load_layout(args[0] if args else None)))
+    except LayoutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""Parse and check the JSON body of a generation request, for both tiers.
+
+The front and the worker tier apply the same rules, so a request the front accepts is
+one the worker accepts, and an error names the same field wherever it is caught.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fanout.layout import GenerationDefaults, GenerationLimits
+
+MAX_SEED = 2**63 - 1
+
+
+class ParamError(ValueError):
+    """A request field that is missing, of the wrong type or out of range."""
+
+    def __init__(self, field: str, reason: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason, self.status = field, reason, status
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One sample's worth of work for a worker."""
+
+    context: str
+    length: int
+    temperature: float
+    top_k: int
+    top_p: float
+    max_time: float
+    max_tokens: int | None = None
+    seed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def with_seed(self, seed: int | None) -> GenerationParams:
+        return GenerationParams(**{**asdict(self), "seed": seed})
+
+
+@dataclass(frozen=True)
+class AutocompleteRequest:
+    """A front request: which pool, how many samples, and the shared parameters."""
+
+    model_size: str
+    n_samples: int
+    params: GenerationParams
+
+    def sample_params(self) -> list[GenerationParams]:
+        """Per-sample parameters; a given seed becomes seed, seed+1, ... so samples differ."""
+        seed = self.params.seed
+        return [self.params.with_seed(None if seed is None else (seed + i) % (MAX_SEED + 1))
+                for i in range(self.n_samples)]
+
+
+GENERATION_FIELDS = frozenset(
+    {"context", "length", "temperature", "top_k", "top_p", "max_time", "max_tokens", "seed"})
+AUTOCOMPLETE_FIELDS = GENERATION_FIELDS | {"model_size", "n_samples"}
+
+
+def parse_generation(body: Any, defaults: GenerationDefaults,
+                     limits: GenerationLimits) -> GenerationParams:
+    """Check a worker ``/generate`` body."""
+    fields = _Fields(body, GENERATION_FIELDS)
+    return _generation(fields, defaults, limits)
+
+
+def parse_autocomplete(body: Any, defaults: GenerationDefaults, limits: GenerationLimits,
+                       pools: Mapping[str, object], max_samples: int) -> AutocompleteRequest:
+    """Check a front ``/autocomplete`` body; an unknown pool is a 404, as for a missing page."""
+    fields = _Fields(body, AUTOCOMPLETE_FIELDS)
+    model_size = fields.string("model_size", default=next(iter(pools)))
+    if model_size not in pools:
+        raise ParamError("model_size", f"unknown model {model_size!r}; "
+                                       f"choose one of {', '.join(pools)}", status=404)
+    n_samples = fields.integer("n_samples", defaults.n_samples, 1, max_samples)
+    return AutocompleteRequest(model_size, n_samples, _generation(fields, defaults, limits))
+
+
+def _generation(fields: _Fields, defaults: GenerationDefaults,
+                limits: GenerationLimits) -> GenerationParams:
+    context = fields.string("context")
+    if len(context.encode("utf-8")) > limits.context_bytes:
+        raise ParamError("context", f"is longer than {limits.context_bytes} bytes", status=413)
+    return GenerationParams(
+        context=context,
+        length=fields.integer("length", defaults.length, 1, limits.length),
+        temperature=fields.number("temperature", defaults.temperature, 0.0, 100.0),
+        top_k=fields.integer("top_k", defaults.top_k, 0, 1_000_000),
+        top_p=fields.number("top_p", defaults.top_p, 0.0, 1.0, low_open=True),
+        max_time=fields.number("max_time", defaults.max_time, 0.0, limits.max_time,
+                               low_open=True),
+        max_tokens=fields.optional_integer("max_tokens", 1, 1_000_000),
+        seed=fields.optional_integer("seed", 0, MAX_SEED),
+    )
+
+
+class _Fields:
+    """Typed access to a JSON object's fields, raising :class:`ParamError` by field name."""
+
+    def __init__(self, body: Any, allowed: frozenset[str]) -> None:
+        if not isinstance(body, dict):
+            raise ParamError("body", f"must be a JSON object, not {_json_type(body)}")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise ParamError(unknown[0], f"unknown field (allowed: {', '.join(sorted(allowed))})")
+        self.body = body
+
+    def string(self, name: str, default: str | None = None) -> str:
+        value = self.body.get(name, default)
+        if value is None:
+            raise ParamError(name, "is required")
+        if not isinstance(value, str):
+            raise ParamError(name, f"must be a string, not {_json_type(value)}")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.optional_integer(name, low, high)
+        return default if value is None else value
+
+    def optional_integer(self, name: str, low: int, high: int) -> int | None:
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamError(name, f"must be an integer, not {_json_type(value)}")
+        if not low <= value <= high:
+            raise ParamError(name, f"must be between {low} and {high}, not {value}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float,
+               low_open: bool = False) -> float:
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamError(name, f"must be a number, not {_json_type(value)}")
+        if not math.isfinite(value):
+            raise ParamError(name, "must be a finite number")
+        if (value <= low if low_open else value < low) or value > high:
+            lower = f"above {low:g}" if low_open else f"at least {low:g}"
+            raise ParamError(name, f"must be {lower} and at most {high:g}, not {value:g}")
+        return float(value)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "an integer", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,152 @@
+"""Start every tier of a layout, wait until all are healthy, stop them all on a signal.
+
+    python -m fanout.serve [--layout FILE] [--start-timeout SECONDS]
+
+Each tier is a gunicorn master in its own process group, so stopping it reaches its
+workers too; nothing is left behind when this supervisor is interrupted or terminated,
+or when one tier dies (the others are then stopped and the exit status is non-zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+import requests
+
+from fanout.layout import LAYOUT_ENV, Layout, LayoutError, describe, load_layout
+from fanout.tiers import Tier, tiers
+
+POLL_SECONDS = 0.5
+STOP_SECONDS = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+class Stop(Exception):
+    """Raised by the signal handler to leave whatever the supervisor is waiting on."""
+
+
+def _die_with_parent() -> None:
+    # Linux: if the supervisor is killed outright (SIGKILL), its masters get SIGTERM.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class Supervisor:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.running: dict[str, tuple[Tier, subprocess.Popen[bytes]]] = {}
+
+    def start(self) -> None:
+        env_base = {**os.environ, LAYOUT_ENV: str(self.layout.source)}
+        for tier in tiers(self.layout):
+            process = subprocess.Popen(tier.argv, env={**env_base, **tier.env},
+                                       start_new_session=True, preexec_fn=_die_with_parent)
+            self.running[tier.name] = (tier, process)
+            print(f"started {tier.name} (pid {process.pid})", flush=True)
+
+    def dead(self) -> list[str]:
+        return [f"{name} exited with status {process.returncode}"
+                for name, (_, process) in self.running.items() if process.poll() is not None]
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Block until the front reports every pool's every worker ready."""
+        front_health = self.running["front"][0].health_url
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if died := self.dead():
+                raise RuntimeError("; ".join(died))
+            try:
+                body = requests.get(front_health, timeout=2).json()
+                if body.get("status") == "ok":
+                    return
+                last = ", ".join(f"{name}: {pool['ready_workers']}/{pool['workers']} ready"
+                                 for name, pool in body.get("pools", {}).items())
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(POLL_SECONDS)
+        raise RuntimeError(f"not healthy after {timeout:g}s ({last})")
+
+    def watch(self) -> None:
+        """Return when a tier dies (raising) or a signal arrives (raising Stop)."""
+        while True:
+            if died := self.dead():
+                raise RuntimeError("; ".join(died))
+            time.sleep(POLL_SECONDS)
+
+    def stop(self) -> None:
+        """SIGTERM every master (graceful), then SIGKILL any process group still there."""
+        for _, process in self.running.values():
+            if process.poll() is None:
+                _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for name, (_, process) in self.running.items():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop in {STOP_SECONDS:g}s; killing it", flush=True)
+            # Workers of a master that died first may linger in its group: sweep them.
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run every tier of a fanout layout.")
+    parser.add_argument("--layout", help=f"layout file (default: ${LAYOUT_ENV} or "
+                                         "gpu_layout.yaml)")
+    parser.add_argument("--start-timeout", type=float, default=300.0,
+                        help="seconds to wait for every worker to be ready (default 300)")
+    args = parser.parse_args(argv)
+    try:
+        layout = load_layout(args.layout)
+    except LayoutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(describe(layout), flush=True)
+    supervisor = Supervisor(layout)
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    status = 0
+    try:
+        supervisor.start()
+        supervisor.wait_healthy(args.start_timeout)
+        url = layout.front.bind.url
+        print(f"\nfanout is ready: {url}/\n  curl -s {url}/autocomplete "
+              "-H 'Content-Type: application/json' -d '{\"context\":\"The nation\"}'\n"
+              "Press Ctrl-C to stop.", flush=True)
+        supervisor.watch()
+    except Stop as stop:
+        print(f"\n{stop}: stopping", flush=True)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        status = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        supervisor.stop()
+        print("stopped", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The front tier: one gunicorn process that fans each request out to a worker tier."""

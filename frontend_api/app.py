@@ -1,0 +1,37 @@
+"""The front's WSGI app: ``create_app`` wires routes, ``get_app`` is what gunicorn calls."""
+
+from __future__ import annotations
+
+import falcon
+
+from fanout.http import FieldError, add_error_handlers
+from fanout.layout import Layout, load_layout
+from frontend_api.fanout import FanoutClient, WorkerTierError
+from frontend_api.resources import Autocomplete, Fanout, Health, Models
+
+
+def worker_tier_error(req: falcon.Request, resp: falcon.Response, exc: WorkerTierError,
+                      params: object) -> None:
+    if exc.field is not None:
+        raise FieldError(exc.status, exc.title, exc.description, exc.field)
+    raise falcon.HTTPError(falcon.code_to_http_status(exc.status), title=exc.title,
+                           description=exc.description)
+
+
+def create_app(layout: Layout, fanout: Fanout) -> falcon.App:
+    app = falcon.App()
+    add_error_handlers(app)
+    app.add_error_handler(WorkerTierError, worker_tier_error)
+    app.add_route("/autocomplete", Autocomplete(fanout, layout))
+    app.add_route("/models", Models(layout))
+    app.add_route("/health", Health(fanout))
+    return app
+
+
+def get_app() -> falcon.App:
+    layout = load_layout()
+    front = layout.front
+    # Every front thread may be waiting on up to max_samples worker requests at once.
+    client = FanoutClient(layout.pools, threads=front.threads * front.max_samples,
+                          network_slack=front.network_slack)
+    return create_app(layout, client)

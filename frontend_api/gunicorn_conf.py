@@ -1,0 +1,32 @@
+"""gunicorn settings for the front: one process, a thread per concurrent user.
+
+Run as ``gunicorn -c python:frontend_api.gunicorn_conf 'frontend_api.app:get_app()'``.
+One process keeps one fan-out thread pool and one view of the pools; threads let it
+serve many editors at once while each waits on its worker tier.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fanout.layout import LayoutError, load_layout
+from fanout.logs import logging_config
+
+try:
+    _layout = load_layout()
+except LayoutError as error:
+    raise SystemExit(f"fanout: {error}") from None
+
+bind = [str(_layout.front.bind)]
+workers = 1
+worker_class = "gthread"
+threads = _layout.front.threads
+# Above the longest request the front lets through, so gunicorn never kills a live one.
+timeout = int(_layout.limits.max_time + _layout.front.network_slack) + 10
+graceful_timeout = timeout
+keepalive = 5
+proc_name = "fanout-front"
+loglevel = os.environ.get("FANOUT_LOG_LEVEL", "info")
+logconfig_dict = logging_config(loglevel)
+# Several masters run side by side; gunicorn 24+'s shared default control socket would clash.
+control_socket_disable = True

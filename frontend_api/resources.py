@@ -1,0 +1,86 @@
+"""HTTP handlers of the front: autocomplete, models, health. The fan-out does the work."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import falcon
+
+from fanout.http import read_json
+from fanout.layout import Layout
+from fanout.params import AutocompleteRequest, parse_autocomplete
+
+
+class Sample(Protocol):
+    text: str
+    time: float
+    round_trip: float
+    tokens: int
+    finish_reason: str
+    seed: int
+    worker: dict[str, Any]
+
+
+class Fanout(Protocol):
+    """What the resources need from the fan-out client (see ``frontend_api.fanout``)."""
+
+    def complete(self, request: AutocompleteRequest) -> list[Sample]: ...
+
+    def health(self) -> dict[str, dict[str, Any]]: ...
+
+
+class Autocomplete:
+    """``POST /autocomplete``: N completions of a context, Write With Transformer style."""
+
+    def __init__(self, fanout: Fanout, layout: Layout) -> None:
+        self.fanout, self.layout = fanout, layout
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.monotonic()
+        front, layout = self.layout.front, self.layout
+        request = parse_autocomplete(read_json(req, front.max_body_bytes), layout.defaults,
+                                     layout.limits, layout.pools, front.max_samples)
+        samples = self.fanout.complete(request)
+        resp.media = {
+            "sentences": [
+                {"value": s.text, "time": round(s.round_trip, 4), "tokens": s.tokens,
+                 "finish_reason": s.finish_reason, "seed": s.seed, "worker": s.worker}
+                for s in samples
+            ],
+            "model_size": request.model_size,
+            "time": round(time.monotonic() - started, 4),
+        }
+
+
+class Models:
+    """``GET /models``: the pools a request can choose with ``model_size``."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.body = {
+            "default": layout.default_pool.name,
+            "models": [
+                {"name": pool.name, "model": pool.model.name, "dtype": pool.dtype,
+                 "workers": len(pool.slots), "devices": list(pool.devices)}
+                for pool in layout.pools.values()
+            ],
+        }
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.body
+
+
+class Health:
+    """``GET /health``: 200 while every pool can serve, 503 naming the pools that cannot."""
+
+    def __init__(self, fanout: Fanout) -> None:
+        self.fanout = fanout
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        pools = self.fanout.health()
+        down = sorted(name for name, pool in pools.items() if pool["status"] == "down")
+        healthy = all(pool["status"] == "ok" for pool in pools.values())
+        resp.media = {"status": "ok" if healthy else "down" if down else "degraded",
+                      "pools": pools}
+        if down:
+            resp.status = falcon.HTTP_503

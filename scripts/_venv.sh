@@ -1,0 +1,40 @@
+# Sourced by scripts/serve and scripts/test: make .venv and install the project into it.
+#
+#   ensure_venv ""      # runtime dependencies
+#   ensure_venv test    # plus the test extras
+#
+# Idempotent: a stamp records what was installed from which setup.cfg, so a second run
+# costs a hash, not a pip resolve. Environment:
+#   FANOUT_VENV    where the virtual environment lives (default: <repo>/.venv)
+#   FANOUT_PYTHON  the interpreter that creates it (default: python3, must be >= 3.11)
+#   FANOUT_TORCH   the torch requirement installed first when torch is missing
+#                  (default: torch==2.13.0, the CPU wheel; see README for CUDA hosts)
+
+FANOUT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FANOUT_VENV="${FANOUT_VENV:-$FANOUT_ROOT/.venv}"
+PY="$FANOUT_VENV/bin/python"
+
+ensure_venv() {
+    local extras="$1"
+    if [ ! -x "$PY" ]; then
+        local base="${FANOUT_PYTHON:-python3}"
+        if ! "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            echo "error: fanout needs Python >= 3.11; set FANOUT_PYTHON to one" >&2
+            return 1
+        fi
+        echo "creating $FANOUT_VENV"
+        "$base" -m venv "$FANOUT_VENV"
+    fi
+    local stamp="$FANOUT_VENV/.fanout-installed${extras:+-$extras}"
+    local want
+    want="$(cat "$FANOUT_ROOT/setup.cfg" "$FANOUT_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        return 0
+    fi
+    # torch first, pinned: left to the resolver, a bare "torch" pulls the CUDA build.
+    if ! "$PY" -c 'import torch' 2>/dev/null; then
+        "$PY" -m pip install --quiet "${FANOUT_TORCH:-torch==2.13.0}"
+    fi
+    "$PY" -m pip install --quiet -e "$FANOUT_ROOT${extras:+[$extras]}"
+    echo "$want" > "$stamp"
+}

@@ -1,0 +1,59 @@
+"""The worker tier's WSGI app: ``create_app`` wires routes, ``get_app`` is what gunicorn calls.
+
+``get_app`` runs once in each worker after fork (the master never imports torch): it
+loads the pool's model onto the slot's device, warms it up, marks the slot ready, and
+only then returns the app, so a worker takes no traffic before it can generate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import falcon
+
+from fanout.http import add_error_handlers
+from fanout.layout import POOL_ENV, Layout, Pool, load_layout
+from worker_api.resources import Generate, Generator, Health, Info, ReadySlots, WorkerIdentity
+from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard
+
+log = logging.getLogger(__name__)
+
+
+def create_app(model: Generator, layout: Layout, identity: WorkerIdentity,
+               board: ReadySlots) -> falcon.App:
+    app = falcon.App()
+    add_error_handlers(app)
+    app.add_route("/generate", Generate(model, identity, layout.defaults, layout.limits,
+                                        layout.front.max_body_bytes))
+    app.add_route("/health", Health(model, identity, board))
+    app.add_route("/info", Info(model, identity))
+    return app
+
+
+def pool_from_env(layout: Layout) -> Pool:
+    name = os.environ.get(POOL_ENV) or layout.default_pool.name
+    if name not in layout.pools:
+        raise SystemExit(f"{layout.source}: ${POOL_ENV}={name!r} names no pool "
+                         f"(pools: {', '.join(layout.pools)})")
+    return layout.pools[name]
+
+
+def get_app() -> falcon.App:
+    from worker_api.model import LanguageModel, set_cpu_threads  # torch: only after fork
+
+    layout = load_layout()
+    pool = pool_from_env(layout)
+    slot = pool.slots[int(os.environ.get(SLOT_ENV, "0"))]
+    set_cpu_threads(slot.threads)
+    # post_fork hid every other GPU, so the slot's GPU is cuda:0 inside this process.
+    model = LanguageModel(pool.model, "cuda:0" if slot.is_cuda else "cpu", pool.dtype)
+    model.warm_up()
+    board = SlotBoard(Path(os.environ.get(STATE_DIR_ENV) or tempfile.mkdtemp(prefix="fanout-")))
+    board.mark_ready(slot.index, os.getpid(), slot.device)
+    log.info("worker pid %d serving pool %s slot %d on %s (%s, %d threads, loaded in %.1fs)",
+             os.getpid(), pool.name, slot.index, slot.device, pool.model.source, slot.threads,
+             model.load_seconds)
+    return create_app(model, layout, WorkerIdentity(pool, slot), board)

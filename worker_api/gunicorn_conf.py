@@ -1,0 +1,82 @@
+"""gunicorn settings and hooks for one pool's worker-tier server.
+
+Run as ``gunicorn -c python:worker_api.gunicorn_conf 'worker_api.app:get_app()'`` with
+``FANOUT_POOL`` naming the pool. The master only reads the layout (no torch, no CUDA);
+``pre_fork`` hands each new worker the lowest free slot, ``post_fork`` pins the child to
+that slot's device, and the app factory loads the model inside the child.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fanout.layout import LayoutError, load_layout
+from fanout.logs import logging_config
+from worker_api.app import pool_from_env
+from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard, lowest_free_slot
+
+try:
+    _layout = load_layout()
+except LayoutError as error:
+    raise SystemExit(f"fanout: {error}") from None
+_pool = pool_from_env(_layout)
+
+bind = [str(_pool.bind)]
+workers = len(_pool.slots)
+# Sync workers take one request at a time and close the connection after it (no
+# keep-alive). An idle worker is therefore the only one blocked in accept(), so the
+# kernel hands each of a fan-out's N connections to a different idle worker: gunicorn's
+# accept loop is the load balancer. Threaded or async workers would break that.
+worker_class = "sync"
+timeout = int(_pool.worker_timeout)
+graceful_timeout = int(_layout.limits.max_time) + 5
+proc_name = f"fanout-pool-{_pool.name}"
+preload_app = False  # the model must load in each worker, after its device is pinned
+loglevel = os.environ.get("FANOUT_LOG_LEVEL", "info")
+logconfig_dict = logging_config(loglevel)
+# Several masters run side by side; gunicorn 24+'s shared default control socket would clash.
+control_socket_disable = True
+
+_board: SlotBoard | None = None
+
+
+def on_starting(server: Any) -> None:
+    """Make the ready-slot board; workers inherit its path through the environment."""
+    global _board
+    directory = Path(tempfile.mkdtemp(prefix=f"fanout-{_pool.name}-"))
+    os.environ[STATE_DIR_ENV] = str(directory)
+    _board = SlotBoard(directory)
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    # Runs in the master, where server.WORKERS maps pid -> worker of every live worker.
+    taken = (getattr(w, "fanout_slot", None) for w in server.WORKERS.values())
+    worker.fanout_slot = lowest_free_slot(len(_pool.slots), taken)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    # Runs in the child before the app (and so torch) is imported: CUDA is not yet
+    # initialised, so restricting the visible devices here pins the whole process.
+    slot = _pool.slots[worker.fanout_slot]
+    os.environ[SLOT_ENV] = str(slot.index)
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(slot.cuda_index) if slot.is_cuda else ""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(slot.threads)
+    server.log.info("worker pid %s takes slot %d (%s)", worker.pid, slot.index, slot.device)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # Runs in the master once a worker is reaped; its slot becomes free for the respawn.
+    if _board is not None and hasattr(worker, "fanout_slot"):
+        _board.clear(worker.fanout_slot, worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if _board is not None:
+        shutil.rmtree(_board.directory, ignore_errors=True)
+
+

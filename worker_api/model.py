@@ -1,0 +1,163 @@
+"""Load one causal LM onto one device and generate from it.
+
+This is the only module of the worker tier that imports torch and transformers. It is
+imported inside a worker after fork, once ``post_fork`` has pinned the device, so the
+gunicorn master never initialises CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from fanout.layout import Model
+from fanout.params import MAX_SEED, GenerationParams, ParamError
+
+log = logging.getLogger(__name__)
+
+# Load bars are noise in a server's log; the load time is logged once instead.
+hf_logging.disable_progress_bar()
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model cannot be loaded; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int
+    finish_reason: str  # "length", "stop" (end of text) or "time" (max_time ran out)
+    time: float
+    seed: int
+    context_tokens: int
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` means half precision where the device does it fast, float32 elsewhere."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _pretrained_kwargs(model: Model) -> dict[str, Any]:
+    if model.path is not None:
+        safetensors = any(model.path.glob("*.safetensors"))
+        if not safetensors and any(model.path.glob("*.bin")) and not model.allow_pickle:
+            raise ModelLoadError(
+                f"{model.path} holds only pickle weights (*.bin), which can run code when "
+                "loaded; convert them to safetensors or set allow_pickle: true on the pool")
+        return {"use_safetensors": safetensors or None}
+    return {"use_safetensors": None if model.allow_pickle else True}
+
+
+class LanguageModel:
+    """A tokenizer and a causal LM on one device, ready to sample completions."""
+
+    def __init__(self, spec: Model, device: str = "cpu", dtype: str = "auto") -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        started = time.perf_counter()
+        source = str(spec.path) if spec.path is not None else spec.source
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
+                source, dtype=self.dtype, **_pretrained_kwargs(spec))
+        except OSError as exc:
+            raise ModelLoadError(f"cannot load model {spec.source!r}: {exc}") from exc
+        self.model.to(self.device).eval()
+        self.window = int(self.model.config.n_positions)
+        self.eos_token_id = int(self.tokenizer.eos_token_id)
+        self.load_seconds = time.perf_counter() - started
+        self.ready = False
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def warm_up(self) -> Completion:
+        """One short generation proves the device works before the worker takes traffic."""
+        done = self.generate(GenerationParams(context="Hello", length=2, temperature=1.0,
+                                              top_k=0, top_p=1.0, max_time=60.0, seed=0))
+        self.ready = True
+        return done
+
+    def context_ids(self, context: str, length: int, max_tokens: int | None) -> torch.Tensor:
+        """Token ids to feed: the end of the context, short enough to leave room for ``length``."""
+        if length >= self.window:
+            raise ParamError("length", f"must be below the model's window of {self.window} "
+                                       f"tokens, not {length}")
+        room = self.window - length
+        keep = room if max_tokens is None else min(room, max_tokens)
+        ids = self.tokenizer(context, add_special_tokens=False).input_ids[-keep:]
+        # GPT-2 starts from <|endoftext|> when there is no context to condition on.
+        return torch.tensor([ids or [self.eos_token_id]], device=self.device)
+
+    @torch.no_grad()
+    def generate(self, params: GenerationParams) -> Completion:
+        """Sample ``params.length`` new tokens after the context (or fewer, on EOS or time-out)."""
+        started = time.perf_counter()
+        input_ids = self.context_ids(params.context, params.length, params.max_tokens)
+        seed = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
+        torch.manual_seed(seed)  # sync workers run one request at a time: global RNG is safe
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": params.temperature, "top_k": params.top_k,
+             "top_p": params.top_p} if params.temperature > 0 else {"do_sample": False})
+        output = self.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=params.length,
+            max_time=params.max_time,
+            pad_token_id=self.eos_token_id,
+            eos_token_id=self.eos_token_id,
+            **sampling,
+        )
+        new_ids = output[0, input_ids.shape[1]:].tolist()
+        if self.eos_token_id in new_ids:
+            new_ids = new_ids[: new_ids.index(self.eos_token_id)]
+            reason = "stop"
+        else:
+            reason = "length" if len(new_ids) >= params.length else "time"
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        return Completion(text=text, tokens=len(new_ids), finish_reason=reason,
+                          time=time.perf_counter() - started, seed=seed,
+                          context_tokens=int(input_ids.shape[1]))
+
+    def memory(self) -> dict[str, int]:
+        """Bytes in use: process RSS, plus the CUDA allocator's figures on a GPU."""
+        figures = {"rss_bytes": psutil.Process(os.getpid()).memory_info().rss}
+        if self.device.type == "cuda":
+            figures["cuda_allocated_bytes"] = torch.cuda.memory_allocated(self.device)
+            figures["cuda_reserved_bytes"] = torch.cuda.memory_reserved(self.device)
+        return figures
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model": self.spec.source,
+            "model_type": self.model.config.model_type,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "parameters": self.parameters,
+            "window": self.window,
+            "load_seconds": round(self.load_seconds, 3),
+            "torch_threads": torch.get_num_threads(),
+            "memory": self.memory(),
+        }
+
+
+def set_cpu_threads(threads: int) -> None:
+    """Bound torch's intra-op pool so the workers sharing a host don't oversubscribe it."""
+    torch.set_num_threads(threads)

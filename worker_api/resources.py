@@ -1,0 +1,88 @@
+"""HTTP handlers of a worker: generate, health, info. Each hands off to the model."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import falcon
+
+from fanout.http import read_json
+from fanout.layout import GenerationDefaults, GenerationLimits, Pool, Slot
+from fanout.params import GenerationParams, parse_generation
+
+
+class Completion(Protocol):
+    text: str
+    tokens: int
+    finish_reason: str
+    time: float
+    seed: int
+    context_tokens: int
+
+
+class Generator(Protocol):
+    """What the resources need from the model holder (see ``worker_api.model``)."""
+
+    ready: bool
+
+    def generate(self, params: GenerationParams) -> Completion: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class ReadySlots(Protocol):
+    def ready(self) -> dict[int, dict[str, Any]]: ...
+
+
+class WorkerIdentity:
+    """Who answered: reported with every completion so the fan-out can be seen."""
+
+    def __init__(self, pool: Pool, slot: Slot) -> None:
+        self.pool, self.slot = pool, slot
+
+    def as_json(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "slot": self.slot.index, "device": self.slot.device,
+                "pool": self.pool.name}
+
+
+class Generate:
+    def __init__(self, model: Generator, identity: WorkerIdentity,
+                 defaults: GenerationDefaults, limits: GenerationLimits,
+                 max_body_bytes: int) -> None:
+        self.model, self.identity = model, identity
+        self.defaults, self.limits, self.max_body_bytes = defaults, limits, max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = parse_generation(read_json(req, self.max_body_bytes),
+                                  self.defaults, self.limits)
+        done = self.model.generate(params)
+        resp.media = {
+            "text": done.text, "tokens": done.tokens, "finish_reason": done.finish_reason,
+            "time": round(done.time, 4), "seed": done.seed,
+            "context_tokens": done.context_tokens, "worker": self.identity.as_json(),
+        }
+
+
+class Health:
+    def __init__(self, model: Generator, identity: WorkerIdentity, board: ReadySlots) -> None:
+        self.model, self.identity, self.board = model, identity, board
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ready = self.board.ready()
+        resp.media = {
+            "status": "ok" if self.model.ready else "loading",
+            "worker": self.identity.as_json(),
+            "workers": len(self.identity.pool.slots),
+            "ready_slots": {str(slot): record["pid"] for slot, record in sorted(ready.items())},
+        }
+        if not self.model.ready:
+            resp.status = falcon.HTTP_503
+
+
+class Info:
+    def __init__(self, model: Generator, identity: WorkerIdentity) -> None:
+        self.model, self.identity = model, identity
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {**self.model.info(), "worker": self.identity.as_json()}
