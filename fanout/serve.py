@@ -10,6 +10,7 @@ or when one tier dies (the others are then stopped and the exit status is non-ze
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import signal
@@ -34,10 +35,8 @@ class Stop(Exception):
 
 def _die_with_parent() -> None:
     # Linux: if the supervisor is killed outright (SIGKILL), its masters get SIGTERM.
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 class Supervisor:
@@ -100,10 +99,8 @@ class Supervisor:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:

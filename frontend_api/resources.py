@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import falcon
@@ -13,19 +14,26 @@ from fanout.params import AutocompleteRequest, parse_autocomplete
 
 
 class Sample(Protocol):
-    text: str
-    time: float
-    round_trip: float
-    tokens: int
-    finish_reason: str
-    seed: int
-    worker: dict[str, Any]
+    """One completion gathered by the fan-out (``frontend_api.fanout.Sample``)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def round_trip(self) -> float: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def worker(self) -> dict[str, Any]: ...
 
 
 class Fanout(Protocol):
     """What the resources need from the fan-out client (see ``frontend_api.fanout``)."""
 
-    def complete(self, request: AutocompleteRequest) -> list[Sample]: ...
+    def complete(self, request: AutocompleteRequest) -> Sequence[Sample]: ...
 
     def health(self) -> dict[str, dict[str, Any]]: ...
 

@@ -79,7 +79,8 @@ class LanguageModel:
                 source, dtype=self.dtype, **_pretrained_kwargs(spec))
         except OSError as exc:
             raise ModelLoadError(f"cannot load model {spec.source!r}: {exc}") from exc
-        self.model.to(self.device).eval()
+        # transformers types `to` through a decorator mypy misreads; it is nn.Module.to.
+        self.model.to(self.device).eval()  # type: ignore[arg-type]
         self.window = int(self.model.config.n_positions)
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         self.load_seconds = time.perf_counter() - started
@@ -117,7 +118,7 @@ class LanguageModel:
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": params.temperature, "top_k": params.top_k,
              "top_p": params.top_p} if params.temperature > 0 else {"do_sample": False})
-        output = self.model.generate(
+        output = self.model.generate(  # type: ignore[operator]
             input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=params.length,
@@ -132,7 +133,7 @@ class LanguageModel:
             reason = "stop"
         else:
             reason = "length" if len(new_ids) >= params.length else "time"
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+        text = str(self.tokenizer.decode(new_ids, skip_special_tokens=True))
         return Completion(text=text, tokens=len(new_ids), finish_reason=reason,
                           time=time.perf_counter() - started, seed=seed,
                           context_tokens=int(input_ids.shape[1]))

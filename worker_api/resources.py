@@ -13,12 +13,20 @@ from fanout.params import GenerationParams, parse_generation
 
 
 class Completion(Protocol):
-    text: str
-    tokens: int
-    finish_reason: str
-    time: float
-    seed: int
-    context_tokens: int
+    """One generated sample (``worker_api.model.Completion``)."""
+
+    @property
+    def text(self) -> str: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def time(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def context_tokens(self) -> int: ...
 
 
 class Generator(Protocol):

@@ -1,0 +1,42 @@
+"""Fixtures every test layer shares: a small real GPT-2 and layout files that use it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fanout.tiny_model import make_tiny_model
+
+LayoutFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer GPT-2 with the real tokenizer, saved once per session."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2")
+
+
+def layout_document(model: Path, pools: dict[str, dict[str, Any]] | None = None,
+                    front: dict[str, Any] | None = None,
+                    generation: dict[str, Any] | None = None) -> dict[str, Any]:
+    pools = pools or {"small": {"bind": "127.0.0.1:18101", "slots": ["cpu"]}}
+    return {
+        "front": {"bind": "127.0.0.1:18000", **(front or {})},
+        "generation": generation or {"limits": {"length": 200, "max_time": 10.0}},
+        "pools": {name: {"model": str(model), "dtype": "float32", **spec}
+                  for name, spec in pools.items()},
+    }
+
+
+@pytest.fixture
+def write_layout(tmp_path: Path, tiny_model_dir: Path) -> LayoutFactory:
+    """Write a layout file using the tiny model; keyword arguments as ``layout_document``."""
+    def write(name: str = "gpu_layout.yaml", **parts: Any) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(layout_document(tiny_model_dir, **parts), sort_keys=False))
+        return path
+    return write

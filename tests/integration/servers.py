@@ -1,0 +1,114 @@
+"""Run real gunicorn tiers on loopback for tests, the way falcon's own server tests do."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from fanout.layout import LAYOUT_ENV, load_layout
+from fanout.tiers import tiers
+
+READY_SECONDS = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningTiers:
+    """The gunicorn masters of a layout, started and stopped together."""
+
+    def __init__(self, layout_path: Path, log_dir: Path, only: set[str] | None = None) -> None:
+        self.layout = load_layout(layout_path)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+        env = {**os.environ, LAYOUT_ENV: str(layout_path), "FANOUT_LOG_LEVEL": "info"}
+        for tier in tiers(self.layout):
+            if only is not None and tier.name not in only:
+                continue
+            self.logs[tier.name] = log_dir / f"{tier.name}.log"
+            with self.logs[tier.name].open("wb") as log:
+                self.processes[tier.name] = subprocess.Popen(
+                    tier.argv, env={**env, **tier.env}, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True)
+
+    @property
+    def front_url(self) -> str:
+        return self.layout.front.bind.url
+
+    def pool_url(self, name: str) -> str:
+        return self.layout.pools[name].bind.url
+
+    def wait_ready(self, pools: set[str] | None = None) -> None:
+        """Until each named pool (default: all started) reports every slot ready."""
+        names = pools if pools is not None else {
+            name.removeprefix("pool-") for name in self.processes if name != "front"}
+        deadline = time.monotonic() + READY_SECONDS
+        for name in sorted(names):
+            while len(self.ready_slots(name)) < len(self.layout.pools[name].slots):
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pool {name} not ready:\n{self.log_tail()}")
+                time.sleep(0.2)
+        if "front" in self.processes:
+            while not _answers(f"{self.front_url}/models"):
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"front not ready:\n{self.log_tail()}")
+                time.sleep(0.2)
+
+    def ready_slots(self, pool: str) -> dict[str, int]:
+        try:
+            body: dict[str, Any] = requests.get(f"{self.pool_url(pool)}/health", timeout=2).json()
+        except (requests.RequestException, ValueError):
+            return {}
+        return dict(body.get("ready_slots", {}))
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(f"--- {name}\n" + "\n".join(path.read_text().splitlines()[-lines:])
+                         for name, path in self.logs.items())
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def still_running(pids: list[int]) -> list[int]:
+    """The pids that are live processes (a zombie awaiting its parent counts as gone)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive

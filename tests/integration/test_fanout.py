@@ -1,0 +1,153 @@
+"""The whole path over real HTTP: front -> N parallel requests -> sync workers -> GPT-2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.servers import READY_SECONDS, RunningTiers
+
+pytestmark = pytest.mark.integration
+
+
+def autocomplete(tiers: RunningTiers, body: Any, **kwargs: Any) -> requests.Response:
+    return requests.post(f"{tiers.front_url}/autocomplete", json=body, timeout=30, **kwargs)
+
+
+def test_three_samples_are_served_by_three_distinct_workers(tiers: RunningTiers) -> None:
+    response = autocomplete(tiers, {"context": "The nation", "n_samples": 3, "length": 40})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    sentences = body["sentences"]
+    assert len(sentences) == 3
+    assert len({s["worker"]["pid"] for s in sentences}) == 3
+    assert {s["worker"]["slot"] for s in sentences} == {0, 1, 2}
+    assert all(s["value"] and s["tokens"] == 40 for s in sentences)
+    # In parallel: the whole request takes about as long as its slowest sample.
+    assert body["time"] < sum(s["time"] for s in sentences)
+
+
+def test_a_seed_makes_completions_reproducible_and_distinct(tiers: RunningTiers) -> None:
+    request = {"context": "Once upon a time", "n_samples": 3, "length": 12, "seed": 1234}
+
+    first = [s["value"] for s in autocomplete(tiers, request).json()["sentences"]]
+    second = [s["value"] for s in autocomplete(tiers, request).json()["sentences"]]
+
+    assert first == second
+    assert len(set(first)) == 3  # seeds 1234, 1235, 1236
+    other = autocomplete(tiers, {**request, "seed": 99}).json()["sentences"]
+    assert [s["value"] for s in other] != first
+
+
+def test_models_and_health_describe_the_layout(tiers: RunningTiers) -> None:
+    models = requests.get(f"{tiers.front_url}/models", timeout=5).json()
+    assert models["default"] == "small"
+    assert [(m["name"], m["workers"]) for m in models["models"]] == [("small", 3), ("ghost", 1)]
+
+    health = requests.get(f"{tiers.front_url}/health", timeout=5)
+    assert health.status_code == 503  # pool ghost was never started
+    pools = health.json()["pools"]
+    assert pools["small"]["status"] == "ok" and pools["small"]["ready_workers"] == 3
+    assert pools["ghost"]["status"] == "down"
+
+
+def test_worker_info_reports_model_and_device(tiers: RunningTiers) -> None:
+    info = requests.get(f"{tiers.pool_url('small')}/info", timeout=5).json()
+    assert info["model_type"] == "gpt2" and info["dtype"] == "float32"
+    assert info["parameters"] > 1_000_000
+    assert info["worker"]["device"] == "cpu" and info["torch_threads"] == 1
+    assert info["memory"]["rss_bytes"] > 0
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "field"), [
+    (b"{not json", {"Content-Type": "application/json"}, 400, None),
+    (b"", {"Content-Type": "application/json"}, 400, None),
+    (b'{"context": "x"}', {"Content-Type": "text/plain"}, 415, None),
+    (b'{"context": "x", "model_size": "huge"}', {}, 404, "model_size"),
+    (b'{"context": "x", "n_samples": 99}', {}, 400, "n_samples"),
+    (b'{"context": "x", "temperature": NaN}', {}, 400, "temperature"),
+    (b'{"context": "x", "length": 301}', {}, 400, "length"),  # over the layout's limit
+    (b'{"context": "x", "length": 256}', {}, 400, "length"),  # the worker: window is 256
+    (b'{"context": "x", "top_k": "40"}', {}, 400, "top_k"),
+    (b'{"context": "x", "colour": "red"}', {}, 400, "colour"),
+    (b'[1, 2]', {}, 400, "body"),
+    (b'{"context": "\xff"}', {}, 400, None),  # not UTF-8
+    (b'{"context": ' + b"[" * 1900 + b"]" * 1900 + b"}", {}, 400, None),  # deep nesting
+    (b'{"context": "' + b"a" * 3000 + b'"}', {}, 413, "context"),
+    (b'{"context": "' + b"a" * 5000 + b'"}', {}, 413, None),  # over the body limit
+])
+def test_bad_requests_get_a_json_error_naming_the_problem(
+        tiers: RunningTiers, body: bytes, headers: dict[str, str], status: int,
+        field: str | None) -> None:
+    response = requests.post(f"{tiers.front_url}/autocomplete", data=body, timeout=10,
+                             headers={"Content-Type": "application/json", **headers})
+
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["title"] and error["description"]
+    assert error.get("field") == field
+
+
+def test_a_long_context_is_cut_from_the_front_to_fit_the_window(tiers: RunningTiers) -> None:
+    context = "word " * 400  # 400 tokens; the window is 256
+    response = autocomplete(tiers, {"context": context, "length": 50, "max_time": 5})
+    assert response.status_code == 200, response.text
+    assert all(s["tokens"] == 50 for s in response.json()["sentences"])
+
+
+def test_the_window_error_comes_from_the_worker_with_its_words(tiers: RunningTiers) -> None:
+    response = autocomplete(tiers, {"context": "x", "length": 256})
+    assert response.status_code == 400
+    assert "window of 256 tokens" in response.json()["description"]
+
+
+def test_a_pool_that_is_down_answers_502_at_once(tiers: RunningTiers) -> None:
+    started = time.monotonic()
+    response = autocomplete(tiers, {"context": "x", "model_size": "ghost"})
+
+    assert response.status_code == 502
+    assert "ghost" in response.json()["description"]
+    assert time.monotonic() - started < 5
+
+
+def test_hung_workers_give_504_within_the_deadline(tiers: RunningTiers) -> None:
+    pids = [int(pid) for pid in tiers.ready_slots("small").values()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = autocomplete(tiers, {"context": "x", "max_time": 0.5})
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+    assert response.status_code == 504, response.text
+    assert response.json()["title"] == "Worker tier timed out"
+    assert elapsed < 0.5 + 2.0 + 1.5  # max_time + network_slack + scheduling
+    # The stalled requests drain; the pool serves normally again.
+    assert autocomplete(tiers, {"context": "again", "n_samples": 3}).status_code == 200
+
+
+def test_a_killed_worker_is_respawned_into_its_own_slot(tiers: RunningTiers) -> None:
+    before = tiers.ready_slots("small")
+    victim = before["1"]
+
+    os.kill(victim, signal.SIGKILL)
+
+    deadline = time.monotonic() + READY_SECONDS
+    while (now := tiers.ready_slots("small")).get("1") in (None, victim):
+        assert time.monotonic() < deadline, tiers.log_tail()
+        time.sleep(0.2)
+    assert now["0"] == before["0"] and now["2"] == before["2"]
+    assert len(now) == 3
+    sentences = autocomplete(tiers, {"context": "back", "n_samples": 3, "length": 40}
+                             ).json()["sentences"]
+    served = {s["worker"]["slot"]: s["worker"]["pid"] for s in sentences}
+    assert served == {0: before["0"], 1: now["1"], 2: before["2"]}
