@@ -9,15 +9,22 @@ from typing import Any
 import pytest
 import yaml
 
-from fanout.tiny_model import make_tiny_model
+from fanout.tiny_model import ensure_tiny_model, make_tiny_model
 
 LayoutFactory = Callable[..., Path]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 2-layer GPT-2 with the real tokenizer, saved once per session."""
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def default_layout_model() -> Path:
+    """The stand-in model the shipped gpu_layout.yaml names, made as scripts/serve would."""
+    return ensure_tiny_model(REPO / "models" / "tiny-random-gpt2")
 
 
 def layout_document(model: Path, pools: dict[str, dict[str, Any]] | None = None,

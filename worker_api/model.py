@@ -61,7 +61,9 @@ def _pretrained_kwargs(model: Model) -> dict[str, Any]:
                 f"{model.path} holds only pickle weights (*.bin), which can run code when "
                 "loaded; convert them to safetensors or set allow_pickle: true on the pool")
         return {"use_safetensors": safetensors or None}
-    return {"use_safetensors": None if model.allow_pickle else True}
+    # A worker never downloads: N workers booting at once would race for the same files,
+    # and a serving host may have no route out. Fetching is a separate, explicit step.
+    return {"use_safetensors": None if model.allow_pickle else True, "local_files_only": True}
 
 
 class LanguageModel:
@@ -74,11 +76,15 @@ class LanguageModel:
         started = time.perf_counter()
         source = str(spec.path) if spec.path is not None else spec.source
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                source, local_files_only=spec.path is None)
             self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
                 source, dtype=self.dtype, **_pretrained_kwargs(spec))
         except OSError as exc:
-            raise ModelLoadError(f"cannot load model {spec.source!r}: {exc}") from exc
+            where = ("" if spec.path is not None else
+                     " from the local Hugging Face cache; download it first on a host that "
+                     "can reach the hub, or point the pool's model at a local folder")
+            raise ModelLoadError(f"cannot load model {spec.source!r}{where}: {exc}") from exc
         # transformers types `to` through a decorator mypy misreads; it is nn.Module.to.
         self.model.to(self.device).eval()  # type: ignore[arg-type]
         self.window = int(self.model.config.n_positions)

@@ -1,0 +1,138 @@
+"""The layout loader: typed objects from a good file, a precise error from a bad one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fanout.layout import DEFAULT_LAYOUT, FRONT_BIND_ENV, LayoutError, load_layout
+from tests.conftest import LayoutFactory
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_layout_becomes_frozen_typed_objects(write_layout: LayoutFactory,
+                                               tiny_model_dir: Path) -> None:
+    layout = load_layout(write_layout(pools={"small": {
+        "bind": "127.0.0.1:9101", "slots": [{"device": "cpu", "threads": 2}, "cpu"]}}))
+
+    pool = layout.default_pool
+    assert pool.name == "small" and pool.model.path == tiny_model_dir
+    assert [(s.index, s.device, s.threads) for s in pool.slots] == [(0, "cpu", 2), (1, "cpu", 1)]
+    assert str(pool.bind) == "127.0.0.1:9101" and pool.bind.url == "http://127.0.0.1:9101"
+    assert layout.front.bind.port == 18000 and layout.defaults.n_samples == 3
+    with pytest.raises(AttributeError):
+        pool.name = "other"  # type: ignore[misc]
+
+
+def test_the_front_bind_can_be_overridden_by_the_environment(
+        write_layout: LayoutFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FRONT_BIND_ENV, "0.0.0.0:9000")
+    layout = load_layout(write_layout())
+    assert str(layout.front.bind) == "0.0.0.0:9000"
+    assert layout.front.bind.url == "http://127.0.0.1:9000"
+
+
+def test_model_folders_are_relative_to_the_layout_file(tmp_path: Path,
+                                                       tiny_model_dir: Path) -> None:
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "mine")
+    (tmp_path / "layout.yaml").write_text(
+        "pools:\n  a:\n    model: ./models/mine\n    bind: 127.0.0.1:9101\n    slots: [cpu]\n")
+    assert load_layout(tmp_path / "layout.yaml").default_pool.model.path == (
+        tmp_path / "models" / "mine")
+
+
+def test_a_hub_id_is_kept_as_a_hub_id(write_layout: LayoutFactory) -> None:
+    pool = load_layout(write_layout(pools={"a": {
+        "model": "openai-community/gpt2", "bind": "127.0.0.1:9101", "slots": ["cuda:0"]}})
+    ).default_pool
+    assert pool.model.path is None and pool.model.source == "openai-community/gpt2"
+
+
+def mutate(tiny: Path, change: dict[str, Any]) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "front": {"bind": "127.0.0.1:8000"},
+        "pools": {"small": {"model": str(tiny), "bind": "127.0.0.1:8101", "slots": ["cpu"]}},
+    }
+    for path, value in change.items():
+        *parents, last = path.split(".")
+        node = document
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return document
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(("change", "key", "problem"), [
+    ({"front.colour": "red"}, "front.colour", "unknown key"),
+    ({"pools.small.slots": [{"device": "gpu0"}]}, "pools.small.slots[0].device",
+     "is not a device"),
+    ({"pools.small.slots": ["cuda:-1"]}, "pools.small.slots[0].device", "is not a device"),
+    ({"pools.small.slots": []}, "pools.small.slots", "at least one worker slot"),
+    ({"pools.small.slots": [{"device": "cpu", "threads": 0}]}, "pools.small.slots[0].threads",
+     "outside 1..1024"),
+    ({"pools.small.bind": "127.0.0.1:8000"}, "pools.small.bind",
+     "already bound by front.bind"),
+    ({"pools.small.bind": "127.0.0.1"}, "pools.small.bind", "is not 'host:port'"),
+    ({"pools.small.bind": "example.com:80"}, "pools.small.bind", "not an IP address"),
+    ({"pools.small.model": "./missing"}, "pools.small.model", "does not exist"),
+    ({"pools.small.dtype": "int4"}, "pools.small.dtype", "is not one of"),
+    ({"pools.small.dtype": "float16"}, "pools.small.dtype", "float16 needs GPU slots"),
+    ({"pools.small.worker_timeout": 5}, "pools.small.worker_timeout",
+     "must exceed generation.limits.max_time"),
+    ({"pools.small.model": _DELETE}, "pools.small.model", "is required"),
+    ({"pools": {}}, "pools", "at least one pool"),
+    ({"pools.Big Pool": {}}, "pools.Big Pool", "pool names are"),
+    ({"front.threads": "many"}, "front.threads", "must be an integer"),
+    ({"generation.defaults.top_p": 0}, "generation.defaults.top_p", "outside (0, 1]"),
+    ({"generation.defaults.n_samples": 9}, "generation.defaults.n_samples", "outside 1..8"),
+])
+def test_every_problem_names_file_key_and_reason(
+        tmp_path: Path, tiny_model_dir: Path, change: dict[str, Any], key: str,
+        problem: str) -> None:
+    path = tmp_path / "layout.yaml"
+    path.write_text(yaml.safe_dump(mutate(tiny_model_dir, change), sort_keys=False))
+
+    with pytest.raises(LayoutError) as caught:
+        load_layout(path)
+
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+    assert str(caught.value).startswith(f"{path}: {key}: ")
+
+
+def test_unreadable_and_invalid_files_are_layout_errors(tmp_path: Path) -> None:
+    with pytest.raises(LayoutError, match="cannot be read"):
+        load_layout(tmp_path / "absent.yaml")
+    (tmp_path / "broken.yaml").write_text("pools: [unclosed")
+    with pytest.raises(LayoutError, match="not valid YAML"):
+        load_layout(tmp_path / "broken.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(LayoutError, match="<root>: must be a mapping"):
+        load_layout(tmp_path / "list.yaml")
+
+
+def test_the_shipped_layouts_are_valid(tmp_path: Path, tiny_model_dir: Path,
+                                      default_layout_model: Path) -> None:
+    default = load_layout(DEFAULT_LAYOUT)
+    assert default.default_pool.model.path == default_layout_model
+    assert len(default.default_pool.slots) == 3 and str(default.front.bind) == "127.0.0.1:8000"
+    # The 4-GPU example, with stand-in folders where its GPT-2 checkpoints would be.
+    (tmp_path / "examples").mkdir()
+    shutil.copy(REPO / "examples" / "gpu_layout.4xgpu.yaml", tmp_path / "examples")
+    for name in ("gpt2", "gpt2-medium"):
+        shutil.copytree(tiny_model_dir, tmp_path / "models" / name)
+    example = load_layout(tmp_path / "examples" / "gpu_layout.4xgpu.yaml")
+    assert list(example.pools) == ["small", "medium"]
+    devices = {s.device for p in example.pools.values() for s in p.slots}
+    assert devices == {"cuda:0", "cuda:1", "cuda:2", "cuda:3"}

@@ -1,0 +1,71 @@
+"""Request parameters: defaults, limits, and errors that name the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fanout.layout import GenerationDefaults, GenerationLimits
+from fanout.params import ParamError, parse_autocomplete, parse_generation
+
+DEFAULTS = GenerationDefaults()
+LIMITS = GenerationLimits(length=100, max_time=10.0, context_bytes=64)
+POOLS = {"small": object(), "medium": object()}
+
+
+def autocomplete(body: Any) -> Any:
+    return parse_autocomplete(body, DEFAULTS, LIMITS, POOLS, max_samples=5)
+
+
+def test_missing_fields_take_the_defaults() -> None:
+    request = autocomplete({"context": "The nation"})
+    assert request.model_size == "small" and request.n_samples == DEFAULTS.n_samples
+    assert request.params.length == DEFAULTS.length and request.params.seed is None
+    assert request.params.to_json() == {
+        "context": "The nation", "length": 20, "temperature": 1.0, "top_k": 40, "top_p": 0.9,
+        "max_time": 3.0}
+
+
+def test_a_seed_spreads_over_the_samples() -> None:
+    request = autocomplete({"context": "x", "n_samples": 3, "seed": 7, "model_size": "medium"})
+    assert [p.seed for p in request.sample_params()] == [7, 8, 9]
+    unseeded = autocomplete({"context": "x", "n_samples": 2})
+    assert [p.seed for p in unseeded.sample_params()] == [None, None]
+
+
+def test_integers_are_accepted_where_numbers_are_expected() -> None:
+    params = parse_generation({"context": "", "temperature": 0, "max_time": 2},
+                              DEFAULTS, LIMITS)
+    assert params.temperature == 0.0 and params.max_time == 2.0
+
+
+@pytest.mark.parametrize(("body", "field", "status", "reason"), [
+    ({}, "context", 400, "is required"),
+    ({"context": 3}, "context", 400, "must be a string"),
+    ({"context": "é" * 33}, "context", 413, "longer than 64 bytes"),
+    ({"context": "x", "length": 0}, "length", 400, "between 1 and 100"),
+    ({"context": "x", "length": 10**30}, "length", 400, "between 1 and 100"),
+    ({"context": "x", "length": 2.5}, "length", 400, "must be an integer"),
+    ({"context": "x", "length": True}, "length", 400, "must be an integer"),
+    ({"context": "x", "temperature": float("nan")}, "temperature", 400, "finite"),
+    ({"context": "x", "temperature": float("inf")}, "temperature", 400, "finite"),
+    ({"context": "x", "temperature": -1}, "temperature", 400, "at least 0"),
+    ({"context": "x", "top_p": 0}, "top_p", 400, "above 0"),
+    ({"context": "x", "max_time": 11}, "max_time", 400, "at most 10"),
+    ({"context": "x", "seed": -1}, "seed", 400, "between 0 and"),
+    ({"context": "x", "n_samples": 6}, "n_samples", 400, "between 1 and 5"),
+    ({"context": "x", "model_size": "huge"}, "model_size", 404, "choose one of small, medium"),
+    ({"context": "x", "temprature": 1}, "temprature", 400, "unknown field"),
+    ([], "body", 400, "must be a JSON object, not an array"),
+])
+def test_bad_fields_are_named(body: Any, field: str, status: int, reason: str) -> None:
+    with pytest.raises(ParamError) as caught:
+        autocomplete(body)
+    assert (caught.value.field, caught.value.status) == (field, status)
+    assert reason in caught.value.reason
+
+
+def test_the_worker_refuses_front_only_fields() -> None:
+    with pytest.raises(ParamError, match="n_samples: unknown field"):
+        parse_generation({"context": "x", "n_samples": 3}, DEFAULTS, LIMITS)

@@ -1,0 +1,36 @@
+"""The Procfile is generated from the layout and must not drift from it."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from fanout.layout import DEFAULT_LAYOUT, load_layout
+from fanout.tiers import procfile, tiers
+from tests.conftest import LayoutFactory
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_one_tier_per_pool_then_the_front(write_layout: LayoutFactory) -> None:
+    layout = load_layout(write_layout(pools={
+        "small": {"bind": "127.0.0.1:9101", "slots": ["cpu"]},
+        "medium": {"bind": "127.0.0.1:9102", "slots": ["cpu"]}}))
+    started = tiers(layout, python="python")
+    assert [t.name for t in started] == ["pool-small", "pool-medium", "front"]
+    assert started[1].env == {"FANOUT_POOL": "medium"}
+    assert started[1].health_url == "http://127.0.0.1:9102/health"
+    assert "worker_api.app:get_app()" in started[0].argv
+
+
+def test_the_committed_procfile_matches_the_default_layout(default_layout_model: Path) -> None:
+    expected = procfile(load_layout(DEFAULT_LAYOUT))
+    assert (REPO / "Procfile").read_text() == expected
+    lines = [line for line in expected.splitlines() if not line.startswith("#")]
+    assert [line.split(":", 1)[0] for line in lines] == ["pool-small", "front"]
+    assert all(shlex.split(line.split(":", 1)[1]) for line in lines)
+    check = subprocess.run([sys.executable, "-m", "honcho", "check"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr

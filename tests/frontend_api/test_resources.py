@@ -1,0 +1,133 @@
+"""Front resources through falcon.testing, with a small in-process fan-out behind them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.testing
+import pytest
+
+from fanout.layout import Layout, load_layout
+from fanout.params import AutocompleteRequest
+from frontend_api.app import create_app
+from frontend_api.fanout import Sample, WorkerTierError
+from tests.conftest import LayoutFactory
+
+
+@dataclass
+class EchoFanout:
+    """Answers each sample with its context reversed and its seed; or fails as told."""
+
+    failure: Exception | None = None
+    pools_status: dict[str, str] = field(default_factory=dict)
+    seen: list[AutocompleteRequest] = field(default_factory=list)
+
+    def complete(self, request: AutocompleteRequest) -> Sequence[Sample]:
+        self.seen.append(request)
+        if self.failure is not None:
+            raise self.failure
+        return [Sample(text=p.context[::-1], time=0.01, round_trip=0.02, tokens=p.length,
+                       finish_reason="length", seed=p.seed or 0,
+                       worker={"pid": 100 + i, "slot": i, "device": "cpu"})
+                for i, p in enumerate(request.sample_params())]
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        return {name: {"status": status, "ready_workers": int(status != "down"), "workers": 1}
+                for name, status in self.pools_status.items()}
+
+
+@pytest.fixture
+def layout(write_layout: LayoutFactory) -> Layout:
+    return load_layout(write_layout(pools={
+        "small": {"bind": "127.0.0.1:9101", "slots": ["cpu"]},
+        "medium": {"bind": "127.0.0.1:9102", "slots": ["cpu", "cpu"]}},
+        front={"max_body_bytes": 2048}))
+
+
+def client(layout: Layout, fanout: EchoFanout) -> falcon.testing.TestClient:
+    return falcon.testing.TestClient(create_app(layout, fanout))
+
+
+def test_autocomplete_returns_one_sentence_per_sample(layout: Layout) -> None:
+    fanout = EchoFanout()
+    result = client(layout, fanout).simulate_post(
+        "/autocomplete", json={"context": "abc", "n_samples": 4, "seed": 10,
+                               "model_size": "medium"})
+
+    assert result.status_code == 200
+    body = result.json
+    assert [s["value"] for s in body["sentences"]] == ["cba"] * 4
+    assert [s["seed"] for s in body["sentences"]] == [10, 11, 12, 13]
+    assert body["model_size"] == "medium" and body["time"] >= 0
+    assert fanout.seen[0].params.length == layout.defaults.length
+
+
+def test_bad_parameters_never_reach_the_fanout(layout: Layout) -> None:
+    fanout = EchoFanout()
+    result = client(layout, fanout).simulate_post("/autocomplete",
+                                                  json={"context": "x", "top_k": -1})
+    assert result.status_code == 400
+    assert result.json["field"] == "top_k" and "top_k" in result.json["description"]
+    assert fanout.seen == []
+
+
+@pytest.mark.parametrize(("body", "content_type", "status"), [
+    (b"", "application/json", 400),
+    (b"\xff\xfe", "application/json", 400),
+    (b'{"context": "x"}', "application/x-www-form-urlencoded", 415),
+    (b'{"context": "' + b"x" * 3000 + b'"}', "application/json", 413),
+])
+def test_bodies_that_cannot_be_read_are_4xx(layout: Layout, body: bytes, content_type: str,
+                                             status: int) -> None:
+    result = client(layout, EchoFanout()).simulate_post(
+        "/autocomplete", body=body, headers={"Content-Type": content_type})
+    assert result.status_code == status
+    assert result.json["title"]
+
+
+@pytest.mark.parametrize(("failure", "status", "field"), [
+    (WorkerTierError(502, "Worker tier unavailable", "pool down"), 502, None),
+    (WorkerTierError(504, "Worker tier timed out", "too slow"), 504, None),
+    (WorkerTierError(400, "Invalid parameter", "length: too long", "length"), 400, "length"),
+])
+def test_worker_tier_failures_keep_their_status(layout: Layout, failure: WorkerTierError,
+                                                status: int, field: str | None) -> None:
+    result = client(layout, EchoFanout(failure=failure)).simulate_post(
+        "/autocomplete", json={"context": "x"})
+    assert result.status_code == status
+    assert result.json["description"] == failure.description
+    assert result.json.get("field") == field
+
+
+def test_an_unexpected_error_is_a_json_500_and_the_app_keeps_serving(layout: Layout) -> None:
+    fanout = EchoFanout(failure=RuntimeError("boom"))
+    app = client(layout, fanout)
+    result = app.simulate_post("/autocomplete", json={"context": "x"})
+    assert result.status_code == 500 and "unexpected" in result.json["description"]
+    fanout.failure = None
+    assert app.simulate_post("/autocomplete", json={"context": "x"}).status_code == 200
+
+
+def test_models_lists_the_pools_in_layout_order(layout: Layout) -> None:
+    body = client(layout, EchoFanout()).simulate_get("/models").json
+    assert body["default"] == "small"
+    assert [(m["name"], m["workers"], m["devices"]) for m in body["models"]] == [
+        ("small", 1, ["cpu"]), ("medium", 2, ["cpu", "cpu"])]
+    assert body["models"][0]["model"] == Path(layout.default_pool.model.source).name
+
+
+@pytest.mark.parametrize(("statuses", "code", "overall"), [
+    ({"small": "ok", "medium": "ok"}, 200, "ok"),
+    ({"small": "ok", "medium": "degraded"}, 200, "degraded"),
+    ({"small": "ok", "medium": "down"}, 503, "down"),
+])
+def test_health_summarises_the_pools(layout: Layout, statuses: dict[str, str], code: int,
+                                     overall: str) -> None:
+    result = client(layout, EchoFanout(pools_status=statuses)).simulate_get("/health")
+    assert result.status_code == code
+    assert result.json["status"] == overall
+    assert {name: p["status"] for name, p in result.json["pools"].items()} == statuses

@@ -1,0 +1,83 @@
+"""Loading and sampling a real (tiny) GPT-2 in-process."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fanout.layout import Model
+from fanout.params import GenerationParams, ParamError
+from worker_api.model import LanguageModel, ModelLoadError
+
+
+def params(**changes: object) -> GenerationParams:
+    base = {"context": "The nation", "length": 8, "temperature": 1.0, "top_k": 40,
+            "top_p": 0.9, "max_time": 10.0}
+    return GenerationParams(**{**base, **changes})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> LanguageModel:
+    loaded = LanguageModel(Model("tiny", tiny_model_dir), "cpu", "auto")
+    loaded.warm_up()
+    return loaded
+
+
+def test_the_gpt2_tokenizer_is_the_real_one(model: LanguageModel) -> None:
+    assert model.tokenizer("Hello world").input_ids == [15496, 995]
+    assert len(model.tokenizer) == 50257 and model.eos_token_id == 50256
+
+
+def test_sampling_with_a_seed_is_reproducible(model: LanguageModel) -> None:
+    first, again = model.generate(params(seed=3)), model.generate(params(seed=3))
+    assert (first.text, first.tokens, first.seed) == (again.text, again.tokens, 3)
+    assert model.generate(params(seed=4)).text != first.text
+
+
+def test_finish_reasons(model: LanguageModel) -> None:
+    assert model.generate(params(length=5, seed=1)).finish_reason == "length"
+    timed_out = model.generate(params(length=200, max_time=0.02, seed=1))
+    assert timed_out.finish_reason == "time" and timed_out.tokens < 200
+
+
+def test_the_context_is_cut_from_the_front_to_fit(model: LanguageModel) -> None:
+    long = model.generate(params(context="word " * 500, length=56, seed=1))
+    assert long.context_tokens == model.window - 56 and long.tokens == 56
+    assert model.generate(params(context="word " * 500, max_tokens=10)).context_tokens == 10
+    assert model.generate(params(context="")).context_tokens == 1  # <|endoftext|>
+
+
+def test_a_length_past_the_window_is_a_param_error(model: LanguageModel) -> None:
+    with pytest.raises(ParamError, match="window of 256 tokens"):
+        model.generate(params(length=model.window))
+
+
+def test_greedy_decoding_at_temperature_zero(model: LanguageModel) -> None:
+    assert model.generate(params(temperature=0, seed=1)).text == (
+        model.generate(params(temperature=0, seed=2)).text)
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny_model_dir: Path,
+                                                   tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / "model.safetensors"
+    torch.save(load_file(weights), folder / "pytorch_model.bin")
+    weights.unlink()
+
+    with pytest.raises(ModelLoadError, match="only pickle weights"):
+        LanguageModel(Model("pickled", folder), "cpu")
+    allowed = LanguageModel(Model("pickled", folder, allow_pickle=True), "cpu")
+    assert allowed.generate(params(seed=1)).tokens > 0
+
+
+def test_a_hub_model_missing_from_the_cache_fails_at_once_with_its_name() -> None:
+    # No download is attempted: the error comes from the local cache, immediately.
+    with pytest.raises(ModelLoadError, match="cannot load model 'nobody/no-such-model' "
+                                             "from the local Hugging Face cache"):
+        LanguageModel(Model("nobody/no-such-model", None), "cpu")

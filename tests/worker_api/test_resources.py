@@ -1,0 +1,80 @@
+"""Worker resources through falcon.testing, with the real tiny model behind them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import falcon.testing
+import pytest
+
+from fanout.layout import Layout, Model, load_layout
+from tests.conftest import LayoutFactory
+from worker_api.app import create_app
+from worker_api.model import LanguageModel
+from worker_api.resources import WorkerIdentity
+from worker_api.slots import SlotBoard
+
+
+@pytest.fixture
+def layout(write_layout: LayoutFactory) -> Layout:
+    return load_layout(write_layout(pools={"small": {"bind": "127.0.0.1:9101",
+                                                     "slots": ["cpu", "cpu"]}}))
+
+
+@pytest.fixture(scope="module")
+def cold_model(tiny_model_dir: Path) -> LanguageModel:
+    return LanguageModel(Model(str(tiny_model_dir), tiny_model_dir), "cpu", "float32")
+
+
+def app_for(layout: Layout, model: LanguageModel, tmp_path: Path) -> falcon.testing.TestClient:
+    pool = layout.default_pool
+    board = SlotBoard(tmp_path)
+    if model.ready:
+        board.mark_ready(1, os.getpid(), "cpu")
+    return falcon.testing.TestClient(
+        create_app(model, layout, WorkerIdentity(pool, pool.slots[1]), board))
+
+
+def test_health_is_503_until_the_model_is_warm(layout: Layout, cold_model: LanguageModel,
+                                               tmp_path: Path) -> None:
+    cold = app_for(layout, cold_model, tmp_path).simulate_get("/health")
+    assert cold.status_code == 503 and cold.json["status"] == "loading"
+
+    cold_model.warm_up()
+    warm = app_for(layout, cold_model, tmp_path).simulate_get("/health")
+    assert warm.status_code == 200
+    assert warm.json["ready_slots"] == {"1": os.getpid()} and warm.json["workers"] == 2
+
+
+def test_generate_answers_with_the_worker_identity(layout: Layout, cold_model: LanguageModel,
+                                                   tmp_path: Path) -> None:
+    result = app_for(layout, cold_model, tmp_path).simulate_post(
+        "/generate", json={"context": "Hello", "length": 6, "seed": 5})
+    assert result.status_code == 200
+    body = result.json
+    assert body["tokens"] == 6 and body["finish_reason"] == "length" and body["seed"] == 5
+    assert isinstance(body["text"], str) and body["time"] > 0
+    assert body["worker"] == {"pid": os.getpid(), "slot": 1, "device": "cpu", "pool": "small"}
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"context": "x", "length": 256}, 400, "length"),
+    ({"context": "x", "n_samples": 2}, 400, "n_samples"),
+    ({"length": 3}, 400, "context"),
+    ({"context": "x", "max_time": 0}, 400, "max_time"),
+])
+def test_generate_rejects_bad_fields(layout: Layout, cold_model: LanguageModel,
+                                     tmp_path: Path, body: dict[str, object], status: int,
+                                     field: str) -> None:
+    result = app_for(layout, cold_model, tmp_path).simulate_post("/generate", json=body)
+    assert result.status_code == status
+    assert result.json["field"] == field
+
+
+def test_info_describes_model_and_memory(layout: Layout, cold_model: LanguageModel,
+                                         tmp_path: Path) -> None:
+    info = app_for(layout, cold_model, tmp_path).simulate_get("/info").json
+    assert info["dtype"] == "float32" and info["window"] == 256
+    assert info["parameters"] == cold_model.parameters
+    assert info["memory"]["rss_bytes"] > 0 and info["worker"]["slot"] == 1
