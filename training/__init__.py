@@ -1,0 +1,1 @@
+"""Training the models fanout ships: the corpus, the training loop, the evaluation."""
