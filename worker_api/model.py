@@ -12,6 +12,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -53,17 +54,45 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _pretrained_kwargs(model: Model) -> dict[str, Any]:
+def model_folder(model: Model) -> Path:
+    """The local folder to load: the layout's folder, or a hub id's snapshot in the cache.
+
+    A worker never downloads: N workers booting at once would race for the same files,
+    and a serving host may have no route out. Fetching is a separate, explicit step.
+    """
     if model.path is not None:
-        safetensors = any(model.path.glob("*.safetensors"))
-        if not safetensors and any(model.path.glob("*.bin")) and not model.allow_pickle:
+        folder = model.path
+    else:
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            folder = Path(snapshot_download(model.source, local_files_only=True))
+        except LocalEntryNotFoundError:
             raise ModelLoadError(
-                f"{model.path} holds only pickle weights (*.bin), which can run code when "
-                "loaded; convert them to safetensors or set allow_pickle: true on the pool")
-        return {"use_safetensors": safetensors or None}
-    # A worker never downloads: N workers booting at once would race for the same files,
-    # and a serving host may have no route out. Fetching is a separate, explicit step.
-    return {"use_safetensors": None if model.allow_pickle else True, "local_files_only": True}
+                f"hub model {model.source!r} is not in the local cache "
+                f"({constants.HF_HUB_CACHE}); on a host that can reach the hub run "
+                f"`scripts/fetch_model.py {model.source}` and copy models/ here, or point "
+                "the pool's model at a local folder") from None
+    missing = [name for name in ("config.json",) if not (folder / name).is_file()]
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        missing.append("weights (*.safetensors)")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
+        missing.append("tokenizer (tokenizer.json or vocab.json + merges.txt)")
+    if missing:
+        raise ModelLoadError(f"model folder {folder} lacks {', '.join(missing)}")
+    return folder
+
+
+def _weights_kwargs(folder: Path, allow_pickle: bool) -> dict[str, Any]:
+    """Prefer safetensors; pickle weights only where the layout explicitly allows them."""
+    if any(folder.glob("*.safetensors")):
+        return {"use_safetensors": True}
+    if not allow_pickle:
+        raise ModelLoadError(
+            f"{folder} holds only pickle weights (*.bin), which can run code when "
+            "loaded; convert them to safetensors or set allow_pickle: true on the pool")
+    return {"use_safetensors": False}
 
 
 class LanguageModel:
@@ -74,17 +103,15 @@ class LanguageModel:
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         started = time.perf_counter()
-        source = str(spec.path) if spec.path is not None else spec.source
+        folder = model_folder(spec)
+        weights = _weights_kwargs(folder, spec.allow_pickle)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                source, local_files_only=spec.path is None)
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-                source, dtype=self.dtype, **_pretrained_kwargs(spec))
-        except OSError as exc:
-            where = ("" if spec.path is not None else
-                     " from the local Hugging Face cache; download it first on a host that "
-                     "can reach the hub, or point the pool's model at a local folder")
-            raise ModelLoadError(f"cannot load model {spec.source!r}{where}: {exc}") from exc
+                folder, dtype=self.dtype, local_files_only=True, **weights)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load model {spec.source!r} from {folder}: "
+                                 f"{exc}") from exc
         # transformers types `to` through a decorator mypy misreads; it is nn.Module.to.
         self.model.to(self.device).eval()  # type: ignore[arg-type]
         self.window = int(self.model.config.n_positions)

@@ -76,8 +76,38 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_model_dir: Path,
     assert allowed.generate(params(seed=1)).tokens > 0
 
 
-def test_a_hub_model_missing_from_the_cache_fails_at_once_with_its_name() -> None:
-    # No download is attempted: the error comes from the local cache, immediately.
-    with pytest.raises(ModelLoadError, match="cannot load model 'nobody/no-such-model' "
-                                             "from the local Hugging Face cache"):
+def test_a_hub_model_missing_from_the_cache_says_how_to_fetch_it() -> None:
+    # No download is attempted: the answer comes from the local cache, at once.
+    with pytest.raises(ModelLoadError, match=r"hub model 'nobody/no-such-model' is not in "
+                                             r"the local cache .*scripts/fetch_model.py nobody/no-such-model"):
         LanguageModel(Model("nobody/no-such-model", None), "cpu")
+
+
+def test_a_hub_model_in_the_cache_loads_from_its_snapshot(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lay the tiny model out as the hub cache does: refs/main -> snapshots/<commit>/.
+    from huggingface_hub import constants
+
+    repo = tmp_path / "models--fanout--tiny"
+    commit = "0" * 40
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+
+    loaded = LanguageModel(Model("fanout/tiny", None), "cpu")
+    assert loaded.generate(params(seed=1)).tokens == 8
+
+
+@pytest.mark.parametrize(("remove", "missing"), [
+    ("config.json", "config.json"),
+    ("model.safetensors", "weights"),
+    ("vocab.json", "tokenizer"),
+])
+def test_an_incomplete_folder_names_what_it_lacks(tiny_model_dir: Path, tmp_path: Path,
+                                                  remove: str, missing: str) -> None:
+    folder = tmp_path / "partial"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / remove).unlink()
+    with pytest.raises(ModelLoadError, match=f"model folder {folder} lacks {missing}"):
+        LanguageModel(Model("partial", folder), "cpu")
