@@ -78,8 +78,9 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_model_dir: Path,
 
 def test_a_hub_model_missing_from_the_cache_says_how_to_fetch_it() -> None:
     # No download is attempted: the answer comes from the local cache, at once.
-    with pytest.raises(ModelLoadError, match=r"hub model 'nobody/no-such-model' is not in "
-                                             r"the local cache .*scripts/fetch_model.py nobody/no-such-model"):
+    expected = (r"hub model 'nobody/no-such-model' is not in the local cache "
+                r".*scripts/fetch_model.py nobody/no-such-model")
+    with pytest.raises(ModelLoadError, match=expected):
         LanguageModel(Model("nobody/no-such-model", None), "cpu")
 
 
