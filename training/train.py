@@ -47,6 +47,9 @@ class Schedule:
 
 
 PRESETS: dict[str, tuple[Shape, Schedule]] = {
+    # Seconds to train: for tests and smoke runs of the pipeline, not for serving.
+    "tiny": (Shape(n_layer=1, n_embd=32, n_head=2, n_positions=64),
+             Schedule(steps=4, batch_size=2, warmup=1)),
     # ~7.3M parameters (6.4M of them GPT-2's 50,257-token embedding, tied to the output).
     "small": (Shape(n_layer=4, n_embd=128, n_head=4), Schedule(steps=3000, lr=2e-3)),
     # ~17.7M parameters.
@@ -235,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every", type=float, default=10.0, help="minutes")
     parser.add_argument("--eval-every", type=int, default=250, help="steps")
     parser.add_argument("--export", type=Path, help="write the model folder here when done")
+    parser.add_argument("--export-only", action="store_true",
+                        help="export the checkpoint as it is, without training")
     parser.add_argument("--export-dtype", choices=["float32", "float16", "bfloat16"],
                         default="float32")
     args = parser.parse_args(argv)
@@ -249,8 +254,9 @@ def main(argv: list[str] | None = None) -> None:
                       args.cache, args.seed, pick_device(args.device))
     if not args.fresh and trainer.resume():
         print(f"resumed {trainer.checkpoint_path} at step {trainer.step}")
-    trainer.train(None if args.time_budget is None else args.time_budget * 60,
-                  args.checkpoint_every * 60, args.eval_every)
+    if not args.export_only:
+        trainer.train(None if args.time_budget is None else args.time_budget * 60,
+                      args.checkpoint_every * 60, args.eval_every)
     if args.export:
         trainer.export(args.export, getattr(torch, args.export_dtype))
         print(f"exported {args.export}")
