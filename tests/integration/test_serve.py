@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -91,3 +92,16 @@ def test_serve_stops_everything_when_a_tier_dies(write_layout: LayoutFactory,
             process.kill()
     assert "pool-small exited" in log.read_text()
     assert still_running(tree) == []
+
+
+def test_a_model_missing_from_the_hub_cache_stops_start_up_with_its_name(
+        tmp_path: Path) -> None:
+    layout = tmp_path / "hub.yaml"
+    layout.write_text(f"front: {{bind: '127.0.0.1:{free_port()}'}}\n"
+                      f"pools:\n  small: {{model: nobody/missing-model, "
+                      f"bind: '127.0.0.1:{free_port()}', slots: [cpu]}}\n")
+    result = subprocess.run([sys.executable, "-m", "fanout.serve", "--layout", str(layout)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "hub model 'nobody/missing-model' is not in the local cache" in result.stderr
+    assert "pool-small exited with status 3" in result.stderr
