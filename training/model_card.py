@@ -73,6 +73,7 @@ def render(config: dict[str, Any], training: dict[str, Any], evaluation: dict[st
         | steps | {training['steps']:,} of {schedule['steps']:,}, batch {schedule['batch_size']} x {shape['n_positions']} tokens |
         | tokens seen | {training['tokens_seen']:,} ({training['tokens_seen'] / training['train_tokens']:.2f} epochs) |
         | optimiser | AdamW (beta 0.9/0.95, weight decay {schedule['weight_decay']}), peak lr {schedule['lr']}, {schedule['warmup']} warm-up steps, cosine to 10 % |
+        | precision | {schedule.get('precision', 'float32')} autocast for matmuls; float32 weights and optimiser |
         | seed | {training['seed']} |
         | time | {training['train_seconds'] / 60:.0f} min on {training['device']} (torch {training['torch']}) |
 
