@@ -54,7 +54,7 @@ PRESETS: dict[str, tuple[Shape, Schedule]] = {
     "tiny": (Shape(n_layer=1, n_embd=32, n_head=2, n_positions=64),
              Schedule(steps=4, batch_size=2, warmup=1)),
     # ~7.3M parameters (6.4M of them GPT-2's 50,257-token embedding, tied to the output).
-    "small": (Shape(n_layer=4, n_embd=128, n_head=4), Schedule(steps=3000, lr=2e-3)),
+    "small": (Shape(n_layer=4, n_embd=128, n_head=4), Schedule(steps=2400, lr=2e-3)),
     # ~17.7M parameters.
     "medium": (Shape(n_layer=6, n_embd=256, n_head=8), Schedule(steps=3000, lr=1.2e-3)),
 }
