@@ -65,9 +65,14 @@ class FanoutClient:
         deadline = time.monotonic() + request.params.max_time + self.network_slack
         pending = [self.executor.submit(self._generate, pool, params, deadline)
                    for params in request.sample_params()]
-        done, not_done = futures.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        # Stop waiting at the first failure: the answer is an error whatever the rest do.
+        done, not_done = futures.wait(pending, timeout=max(0.0, deadline - time.monotonic()),
+                                      return_when=futures.FIRST_EXCEPTION)
         for future in not_done:
             future.cancel()
+        failed = next((f.exception() for f in done if f.exception() is not None), None)
+        if failed is not None:
+            raise failed
         if not_done:
             raise WorkerTierError(504, "Worker tier timed out",
                                   f"pool {pool.name!r} returned {len(done)} of "

@@ -7,7 +7,6 @@ gunicorn master never initialises CUDA.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import time
@@ -22,8 +21,6 @@ from transformers.utils import logging as hf_logging
 
 from fanout.layout import Model
 from fanout.params import MAX_SEED, GenerationParams, ParamError
-
-log = logging.getLogger(__name__)
 
 # Load bars are noise in a server's log; the load time is logged once instead.
 hf_logging.disable_progress_bar()
@@ -71,10 +68,10 @@ def model_folder(model: Model) -> Path:
         except LocalEntryNotFoundError:
             raise ModelLoadError(
                 f"hub model {model.source!r} is not in the local cache "
-                f"({constants.HF_HUB_CACHE}); on a host that can reach the hub run "
-                f"`scripts/fetch_model.py {model.source}` and copy models/ here, or point "
-                "the pool's model at a local folder") from None
-    missing = [name for name in ("config.json",) if not (folder / name).is_file()]
+                f"({constants.HF_HUB_CACHE}); fetch it into models/ with "
+                f"`scripts/fetch_model.py {model.source}` on a host that can reach the hub, "
+                "then point the pool's model at that folder") from None
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         missing.append("weights (*.safetensors)")
     if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
