@@ -96,10 +96,14 @@ class FanoutClient:
         body = _json_or_none(response)
         if response.status_code != 200 or not isinstance(body, dict):
             raise _upstream_error(pool, response.status_code, body)
-        return Sample(text=body["text"], time=body["time"],
-                      round_trip=time.monotonic() - started, tokens=body["tokens"],
-                      finish_reason=body["finish_reason"], seed=body["seed"],
-                      worker=body["worker"])
+        try:
+            return Sample(text=body["text"], time=body["time"],
+                          round_trip=time.monotonic() - started, tokens=body["tokens"],
+                          finish_reason=body["finish_reason"], seed=body["seed"],
+                          worker=body["worker"])
+        except KeyError as missing:
+            raise WorkerTierError(502, "Worker tier error",
+                                  f"pool {pool.name!r} answered without {missing}") from None
 
     def pool_health(self, pool: Pool) -> dict[str, Any]:
         """A pool's state as its worker tier reports it; ``down`` when it cannot be asked."""
