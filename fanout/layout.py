@@ -78,7 +78,7 @@ class GenerationLimits:
 
 @dataclass(frozen=True)
 class Front:
-    bind: Bind
+    bind: Bind = Bind("127.0.0.1", 8000)
     threads: int = 16
     max_samples: int = 8
     # Seconds allowed for connecting to and hearing back from a worker beyond max_time.
@@ -190,41 +190,45 @@ class _Parser:
         return Layout(self.source, front, defaults, limits, parsed)
 
     def front(self, value: Any) -> Front:
-        key = "front"
+        key, base = "front", Front()
         spec = self.mapping(value, key, optional={
             "bind", "threads", "max_samples", "network_slack", "max_body_bytes"})
-        bind_text = os.environ.get(FRONT_BIND_ENV) or spec.get("bind", "127.0.0.1:8000")
+        bind_text = os.environ.get(FRONT_BIND_ENV) or spec.get("bind", str(base.bind))
         bind_key = f"${FRONT_BIND_ENV}" if os.environ.get(FRONT_BIND_ENV) else f"{key}.bind"
         return Front(
             bind=self.bind(bind_text, bind_key),
-            threads=self.integer(spec, key, "threads", 16, low=1, high=1024),
-            max_samples=self.integer(spec, key, "max_samples", 8, low=1, high=64),
-            network_slack=self.number(spec, key, "network_slack", 5.0, low=0.1, high=600),
-            max_body_bytes=self.integer(spec, key, "max_body_bytes", 65_536,
+            threads=self.integer(spec, key, "threads", base.threads, low=1, high=1024),
+            max_samples=self.integer(spec, key, "max_samples", base.max_samples, low=1, high=64),
+            network_slack=self.number(spec, key, "network_slack", base.network_slack,
+                                      low=0.1, high=600),
+            max_body_bytes=self.integer(spec, key, "max_body_bytes", base.max_body_bytes,
                                         low=1024, high=64 * 2**20),
         )
 
     def limits(self, value: Any) -> GenerationLimits:
-        key = "generation.limits"
+        key, base = "generation.limits", GenerationLimits()
         spec = self.mapping(value, key, optional={"length", "max_time", "context_bytes"})
         return GenerationLimits(
-            length=self.integer(spec, key, "length", 256, low=1, high=1_000_000),
-            max_time=self.number(spec, key, "max_time", 20.0, low=0.01, high=3600),
-            context_bytes=self.integer(spec, key, "context_bytes", 32_768,
+            length=self.integer(spec, key, "length", base.length, low=1, high=1_000_000),
+            max_time=self.number(spec, key, "max_time", base.max_time, low=0.01, high=3600),
+            context_bytes=self.integer(spec, key, "context_bytes", base.context_bytes,
                                        low=1, high=16 * 2**20),
         )
 
     def defaults(self, value: Any, limits: GenerationLimits, front: Front) -> GenerationDefaults:
-        key = "generation.defaults"
+        key, base = "generation.defaults", GenerationDefaults()
         spec = self.mapping(value, key, optional={
             "length", "temperature", "top_k", "top_p", "max_time", "n_samples"})
         return GenerationDefaults(
-            length=self.integer(spec, key, "length", 20, low=1, high=limits.length),
-            temperature=self.number(spec, key, "temperature", 1.0, low=0.0, high=100.0),
-            top_k=self.integer(spec, key, "top_k", 40, low=0, high=1_000_000),
-            top_p=self.number(spec, key, "top_p", 0.9, low=0.0, high=1.0, low_open=True),
-            max_time=self.number(spec, key, "max_time", 3.0, low=0.01, high=limits.max_time),
-            n_samples=self.integer(spec, key, "n_samples", 3, low=1, high=front.max_samples),
+            length=self.integer(spec, key, "length", base.length, low=1, high=limits.length),
+            temperature=self.number(spec, key, "temperature", base.temperature,
+                                    low=0.0, high=100.0),
+            top_k=self.integer(spec, key, "top_k", base.top_k, low=0, high=1_000_000),
+            top_p=self.number(spec, key, "top_p", base.top_p, low=0.0, high=1.0, low_open=True),
+            max_time=self.number(spec, key, "max_time", base.max_time,
+                                 low=0.01, high=limits.max_time),
+            n_samples=self.integer(spec, key, "n_samples", base.n_samples,
+                                   low=1, high=front.max_samples),
         )
 
     def pool(self, name: Any, value: Any, limits: GenerationLimits) -> Pool:
@@ -247,7 +251,8 @@ class _Parser:
         allow_pickle = spec.get("allow_pickle", False)
         if not isinstance(allow_pickle, bool):
             raise self.fail(f"{key}.allow_pickle", "must be true or false")
-        timeout = self.number(spec, key, "worker_timeout", 60.0, low=1.0, high=86_400)
+        timeout = self.number(spec, key, "worker_timeout", Pool.worker_timeout,
+                              low=1.0, high=86_400)
         if timeout <= limits.max_time:
             raise self.fail(f"{key}.worker_timeout",
                             f"{timeout:g}s must exceed generation.limits.max_time "
@@ -263,7 +268,7 @@ class _Parser:
         device = spec["device"]
         if not isinstance(device, str) or not _DEVICE.match(device):
             raise self.fail(f"{key}.device", f"{device!r} is not a device; use 'cpu' or 'cuda:N'")
-        threads = self.integer(spec, key, "threads", 1, low=1, high=1024)
+        threads = self.integer(spec, key, "threads", Slot.threads, low=1, high=1024)
         return Slot(index=index, device=device, threads=threads)
 
     def model(self, value: Any, key: str, allow_pickle: bool) -> Model:
