@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import falcon
 
 from fanout.http import FieldError, add_error_handlers
 from fanout.layout import Layout, load_layout
 from frontend_api.fanout import FanoutClient, WorkerTierError
-from frontend_api.resources import Autocomplete, Fanout, Health, Models
+from frontend_api.resources import Autocomplete, EditorPage, Fanout, Health, Models
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def worker_tier_error(req: falcon.Request, resp: falcon.Response, exc: WorkerTierError,
@@ -25,6 +29,8 @@ def create_app(layout: Layout, fanout: Fanout) -> falcon.App:
     app.add_route("/autocomplete", Autocomplete(fanout, layout))
     app.add_route("/models", Models(layout))
     app.add_route("/health", Health(fanout))
+    app.add_route("/", EditorPage(STATIC / "index.html"))
+    app.add_static_route("/static", str(STATIC))
     return app
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import falcon
@@ -92,3 +93,14 @@ class Health:
                       "pools": pools}
         if down:
             resp.status = falcon.HTTP_503
+
+
+class EditorPage:
+    """``GET /``: the web editor (its script and styles are served under ``/static``)."""
+
+    def __init__(self, page: Path) -> None:
+        self.html = page.read_text(encoding="utf-8")  # read once, at start-up
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = self.html

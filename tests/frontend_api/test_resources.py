@@ -131,3 +131,14 @@ def test_health_summarises_the_pools(layout: Layout, statuses: dict[str, str], c
     assert result.status_code == code
     assert result.json["status"] == overall
     assert {name: p["status"] for name, p in result.json["pools"].items()} == statuses
+
+
+def test_the_editor_page_and_its_assets_are_served(layout: Layout) -> None:
+    app = client(layout, EchoFanout())
+    page = app.simulate_get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'role="listbox"' in page.text and "/static/editor.js" in page.text
+    script = app.simulate_get("/static/editor.js")
+    assert script.status_code == 200 and "AbortController" in script.text
+    assert app.simulate_get("/static/editor.css").status_code == 200
+    assert app.simulate_get("/static/../app.py").status_code == 404

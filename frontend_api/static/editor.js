@@ -1,0 +1,230 @@
+// fanout's editor: write, press Tab, pick one of N completions from the front API.
+// Plain browser JavaScript, no build step. The document and the settings live in
+// localStorage, so a reload or a failed request never loses what was written.
+"use strict";
+
+const STORE = { document: "fanout.document", settings: "fanout.settings" };
+const NUMBER_FIELDS = ["n_samples", "length", "temperature", "top_k", "top_p"];
+
+const editor = document.getElementById("document");
+const list = document.getElementById("suggestions");
+const statusLine = document.getElementById("status");
+const form = document.getElementById("settings-form");
+const modelSelect = document.getElementById("model");
+const modelName = document.getElementById("model-name");
+
+let inFlight = null;      // the AbortController of the request being waited on
+let suggestions = [];     // [{value, time}] shown in the list
+let selected = -1;        // index of the highlighted suggestion
+let anchor = 0;           // caret position the suggestions continue from
+
+// ---- settings and document persistence -------------------------------------------
+
+function readSettings() {
+  const settings = { model_size: modelSelect.value || undefined };
+  for (const name of NUMBER_FIELDS) {
+    const value = Number(form.elements[name].value);
+    if (form.elements[name].value !== "" && Number.isFinite(value)) settings[name] = value;
+  }
+  return settings;
+}
+
+function saveSettings() {
+  localStorage.setItem(STORE.settings, JSON.stringify(readSettings()));
+  modelName.textContent = modelSelect.value ? `model: ${modelSelect.value}` : "";
+}
+
+function restoreSettings() {
+  let saved = {};
+  try { saved = JSON.parse(localStorage.getItem(STORE.settings) || "{}"); } catch { saved = {}; }
+  for (const name of NUMBER_FIELDS) {
+    if (saved[name] !== undefined) form.elements[name].value = saved[name];
+  }
+  return saved.model_size;
+}
+
+function saveDocument() { localStorage.setItem(STORE.document, editor.value); }
+
+// ---- talking to the front API -----------------------------------------------------
+
+async function errorMessage(response) {
+  let detail = "";
+  try {
+    const body = await response.json();
+    detail = body.description || body.title || "";
+  } catch { /* not JSON: keep the status alone */ }
+  const what = response.status >= 500
+    ? "The model server is not answering right now"
+    : "The request was refused";
+  return `${what} (${response.status}${detail ? ": " + detail : ""}). Your text is safe.`;
+}
+
+async function loadModels(preferred) {
+  try {
+    const response = await fetch("/models");
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const body = await response.json();
+    modelSelect.replaceChildren(...body.models.map((model) => {
+      const option = new Option(`${model.name} — ${model.model}`, model.name);
+      option.title = `${model.workers} workers on ${model.devices.join(", ")}`;
+      return option;
+    }));
+    const names = body.models.map((model) => model.name);
+    modelSelect.value = names.includes(preferred) ? preferred : body.default;
+    saveSettings();
+  } catch (error) {
+    showStatus(error.message || "Could not list the models.", "error");
+  }
+}
+
+async function requestSuggestions() {
+  abortInFlight();
+  anchor = editor.selectionStart;
+  const controller = new AbortController();
+  inFlight = controller;
+  showStatus("Thinking…", "busy");
+  try {
+    const response = await fetch("/autocomplete", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ context: editor.value.slice(0, anchor), ...readSettings() }),
+      signal: controller.signal,
+    });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const body = await response.json();
+    if (controller.signal.aborted) return;  // typed meanwhile: this answer is stale
+    showStatus(`${body.sentences.length} suggestions in ${body.time.toFixed(2)} s`);
+    openList(body.sentences);
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    const offline = error instanceof TypeError;  // fetch itself failed: no server at all
+    showStatus(offline ? "Cannot reach the server. Your text is safe." : error.message, "error");
+  } finally {
+    if (inFlight === controller) inFlight = null;
+  }
+}
+
+function abortInFlight() {
+  if (inFlight) {
+    inFlight.abort();
+    inFlight = null;
+    showStatus("");
+  }
+}
+
+// ---- the suggestion list ----------------------------------------------------------
+
+function openList(sentences) {
+  suggestions = sentences;
+  list.replaceChildren(...sentences.map((sentence, index) => {
+    const item = document.createElement("li");
+    item.role = "option";
+    item.id = `suggestion-${index}`;
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = sentence.value;
+    const time = document.createElement("span");
+    time.className = "time";
+    time.textContent = `${sentence.time.toFixed(2)} s`;
+    item.append(text, time);
+    item.addEventListener("mousedown", (event) => {
+      event.preventDefault();  // keep the focus (and the caret) in the document
+      choose(index);
+    });
+    return item;
+  }));
+  placeList();
+  list.hidden = false;
+  editor.setAttribute("aria-controls", list.id);
+  editor.setAttribute("aria-expanded", "true");
+  select(0);
+}
+
+function closeList() {
+  list.hidden = true;
+  list.replaceChildren();
+  suggestions = [];
+  selected = -1;
+  editor.setAttribute("aria-expanded", "false");
+  editor.removeAttribute("aria-activedescendant");
+}
+
+function select(index) {
+  selected = (index + suggestions.length) % suggestions.length;
+  [...list.children].forEach((item, i) => item.setAttribute("aria-selected", String(i === selected)));
+  editor.setAttribute("aria-activedescendant", `suggestion-${selected}`);
+}
+
+function choose(index) {
+  const text = suggestions[index].value;
+  editor.setRangeText(text, anchor, anchor, "end");
+  closeList();
+  saveDocument();
+  editor.focus();
+}
+
+// Put the list just below the caret: measure the caret in a hidden copy of the textarea.
+function placeList() {
+  const style = getComputedStyle(editor);
+  const mirror = document.createElement("div");
+  for (const property of ["boxSizing", "width", "padding", "border", "font", "lineHeight",
+                          "letterSpacing", "wordSpacing", "textIndent", "whiteSpace"]) {
+    mirror.style[property] = style[property];
+  }
+  Object.assign(mirror.style, { position: "absolute", visibility: "hidden",
+                                whiteSpace: "pre-wrap", overflowWrap: "break-word" });
+  mirror.textContent = editor.value.slice(0, anchor);
+  const caret = document.createElement("span");
+  caret.textContent = "\u200b";
+  mirror.append(caret);
+  document.body.append(mirror);
+  const top = caret.offsetTop + caret.offsetHeight - editor.scrollTop + 4;
+  const left = Math.min(caret.offsetLeft, editor.clientWidth - 260);
+  mirror.remove();
+  list.style.top = `${Math.max(0, top)}px`;
+  list.style.left = `${Math.max(0, left)}px`;
+}
+
+function showStatus(text, kind = "") {
+  statusLine.textContent = text;
+  statusLine.className = kind;
+}
+
+// ---- keyboard and input -----------------------------------------------------------
+
+editor.addEventListener("keydown", (event) => {
+  const open = !list.hidden;
+  if (event.key === "Tab" && !event.shiftKey && !event.altKey && !event.ctrlKey) {
+    event.preventDefault();  // Tab asks for suggestions (again, if the list is open)
+    requestSuggestions();
+  } else if (open && (event.key === "ArrowDown" || event.key === "ArrowUp")) {
+    event.preventDefault();
+    select(selected + (event.key === "ArrowDown" ? 1 : -1));
+  } else if (open && event.key === "Enter") {
+    event.preventDefault();
+    choose(selected);
+  } else if (event.key === "Escape") {
+    abortInFlight();
+    closeList();
+  }
+});
+
+editor.addEventListener("input", () => {
+  abortInFlight();  // the context changed: whatever is coming is stale
+  closeList();
+  saveDocument();
+});
+
+editor.addEventListener("blur", () => setTimeout(() => {
+  if (document.activeElement !== editor) closeList();
+}, 150));
+
+form.addEventListener("change", saveSettings);
+form.addEventListener("submit", (event) => event.preventDefault());
+
+// ---- start ------------------------------------------------------------------------
+
+editor.value = localStorage.getItem(STORE.document) || "";
+editor.setSelectionRange(editor.value.length, editor.value.length);
+editor.focus();
+loadModels(restoreSettings());

@@ -1,0 +1,149 @@
+"""The web editor in a real headless Chromium, against real tiers on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.integration.servers import RunningTiers
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = os.environ.get("FANOUT_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+# Headless, and quiet: this machine has no route out, so no background networking.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/test does, "
+                    "as root) or set FANOUT_CHROMIUM")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                              args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, tiers: RunningTiers) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1100, "height": 760})
+    opened = context.new_page()
+    opened.goto(f"{tiers.front_url}/")
+    expect(opened.locator("#model")).to_have_value("small")
+    yield opened
+    context.close()
+
+
+def options(page: Page) -> list[str]:
+    return page.locator("#suggestions [role=option] .text").all_inner_texts()
+
+
+def test_tab_offers_suggestions_and_enter_inserts_the_chosen_one_at_the_caret(
+        page: Page) -> None:
+    editor = page.locator("#document")
+    editor.click()
+    page.keyboard.type("Hello world")
+    for _ in " world":
+        page.keyboard.press("ArrowLeft")
+
+    page.keyboard.press("Tab")
+    expect(page.locator("#suggestions [role=option]")).to_have_count(3)
+    expect(page.locator("#suggestions .time").first).to_contain_text(" s")
+    page.keyboard.press("ArrowDown")
+    expect(page.locator("#suggestion-1")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#suggestion-0")).to_have_attribute("aria-selected", "false")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "editor-suggestions.png"))
+    chosen = options(page)[1]
+
+    page.keyboard.press("Enter")
+
+    assert editor.input_value() == "Hello" + chosen + " world"
+    caret = editor.evaluate("e => e.selectionStart")
+    assert caret == len("Hello" + chosen)
+    expect(page.locator("#suggestions")).to_be_hidden()
+
+
+def test_tab_again_fetches_a_fresh_set_and_escape_or_typing_closes_it(page: Page) -> None:
+    page.locator("#document").click()
+    page.keyboard.type("The nation")
+    page.keyboard.press("Tab")
+    expect(page.locator("#suggestions [role=option]")).to_have_count(3)
+    first = options(page)
+    page.keyboard.press("Tab")
+    expect(page.locator("#suggestions [role=option] .text").first).not_to_have_text(first[0])
+
+    page.keyboard.press("Escape")
+    expect(page.locator("#suggestions")).to_be_hidden()
+    page.keyboard.press("Tab")
+    expect(page.locator("#suggestions [role=option]")).to_have_count(3)
+    page.keyboard.type(" is")
+    expect(page.locator("#suggestions")).to_be_hidden()
+    assert page.locator("#document").input_value() == "The nation is"
+
+
+def test_typing_during_a_slow_request_aborts_it(page: Page, tiers: RunningTiers) -> None:
+    workers = [int(pid) for pid in tiers.ready_slots("small").values()]
+    page.locator("#document").click()
+    page.keyboard.type("Slow")
+    for pid in workers:  # the request will hang until they resume
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        page.keyboard.press("Tab")
+        expect(page.locator("#status")).to_have_class("busy")
+        page.keyboard.type("er")
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    time.sleep(2.0)  # the aborted request's answer would have arrived by now
+    expect(page.locator("#suggestions")).to_be_hidden()
+    assert options(page) == []
+    assert page.locator("#document").input_value() == "Slower"
+
+
+def test_a_reload_brings_back_the_document_and_the_settings(page: Page) -> None:
+    page.locator("#document").click()
+    page.keyboard.type("Keep this text.")
+    page.locator("#settings summary").click()
+    page.locator("input[name=temperature]").fill("0.7")
+    page.locator("input[name=n_samples]").fill("2")
+    page.locator("input[name=n_samples]").dispatch_event("change")
+
+    page.reload()
+
+    assert page.locator("#document").input_value() == "Keep this text."
+    expect(page.locator("input[name=temperature]")).to_have_value("0.7")
+    page.locator("#document").click()
+    page.keyboard.press("End")
+    page.keyboard.press("Tab")
+    expect(page.locator("#suggestions [role=option]")).to_have_count(2)
+
+
+def test_with_the_worker_tier_down_the_editor_says_so_and_keeps_the_text(
+        page: Page, tiers: RunningTiers) -> None:
+    # Last in this module: it stops the pool for good.
+    pool = tiers.processes["pool-small"]
+    os.killpg(pool.pid, signal.SIGTERM)
+    pool.wait(timeout=30)
+    page.locator("#document").click()
+    page.keyboard.type("Nothing is lost")
+
+    page.keyboard.press("Tab")
+
+    expect(page.locator("#status")).to_have_class("error")
+    expect(page.locator("#status")).to_contain_text("502")
+    expect(page.locator("#status")).to_contain_text("Your text is safe")
+    assert page.locator("#document").input_value() == "Nothing is lost"
+    page.reload()
+    assert page.locator("#document").input_value() == "Nothing is lost"
