@@ -17,6 +17,7 @@ let inFlight = null;      // the AbortController of the request being waited on
 let suggestions = [];     // [{value, time}] shown in the list
 let selected = -1;        // index of the highlighted suggestion
 let anchor = 0;           // caret position the suggestions continue from
+let leaveOnTab = false;   // Esc with nothing open, then Tab: move focus on (no keyboard trap)
 
 // ---- settings and document persistence -------------------------------------------
 
@@ -194,7 +195,10 @@ function showStatus(text, kind = "") {
 
 editor.addEventListener("keydown", (event) => {
   const open = !list.hidden;
+  const leaving = leaveOnTab;
+  leaveOnTab = false;
   if (event.key === "Tab" && !event.shiftKey && !event.altKey && !event.ctrlKey) {
+    if (leaving) return;  // let the browser move focus to the settings
     event.preventDefault();  // Tab asks for suggestions (again, if the list is open)
     requestSuggestions();
   } else if (open && (event.key === "ArrowDown" || event.key === "ArrowUp")) {
@@ -204,6 +208,7 @@ editor.addEventListener("keydown", (event) => {
     event.preventDefault();
     choose(selected);
   } else if (event.key === "Escape") {
+    leaveOnTab = !open && !inFlight;
     abortInFlight();
     closeList();
   }

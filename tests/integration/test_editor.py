@@ -93,6 +93,14 @@ def test_tab_again_fetches_a_fresh_set_and_escape_or_typing_closes_it(page: Page
     assert page.locator("#document").input_value() == "The nation is"
 
 
+def test_escape_then_tab_leaves_the_editor_for_the_settings(page: Page) -> None:
+    page.locator("#document").click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("Tab")
+    expect(page.locator("#settings summary")).to_be_focused()
+    expect(page.locator("#status")).not_to_have_class("busy")
+
+
 def test_typing_during_a_slow_request_aborts_it(page: Page, tiers: RunningTiers) -> None:
     workers = [int(pid) for pid in tiers.ready_slots("small").values()]
     page.locator("#document").click()
