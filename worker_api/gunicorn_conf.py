@@ -42,6 +42,9 @@ logconfig_dict = logging_config(loglevel)
 control_socket_disable = True
 
 _board: SlotBoard | None = None
+# A layout's cuda:N counts the GPUs this server may use: if the operator already narrowed
+# them (CUDA_VISIBLE_DEVICES=2,3), cuda:0 is the first of those, not the host's GPU 0.
+_visible_gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
 
 
 def on_starting(server: Any) -> None:
@@ -63,10 +66,22 @@ def post_fork(server: Any, worker: Any) -> None:
     # initialised, so restricting the visible devices here pins the whole process.
     slot = _pool.slots[worker.fanout_slot]
     os.environ[SLOT_ENV] = str(slot.index)
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(slot.cuda_index) if slot.is_cuda else ""
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for(slot.cuda_index) if slot.is_cuda else ""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(slot.threads)
     server.log.info("worker pid %s takes slot %d (%s)", worker.pid, slot.index, slot.device)
+
+
+def gpu_for(index: int | None) -> str:
+    """The CUDA_VISIBLE_DEVICES value that shows a worker only its slot's GPU."""
+    if index is None:
+        return ""
+    if not _visible_gpus:
+        return str(index)
+    if index >= len(_visible_gpus):
+        raise RuntimeError(f"slot asks for cuda:{index} but CUDA_VISIBLE_DEVICES lists only "
+                           f"{len(_visible_gpus)} GPUs ({','.join(_visible_gpus)})")
+    return _visible_gpus[index]
 
 
 def child_exit(server: Any, worker: Any) -> None:
