@@ -92,6 +92,13 @@ def test_tab_again_fetches_a_fresh_set_and_escape_or_typing_closes_it(page: Page
     expect(page.locator("#suggestions")).to_be_hidden()
     assert page.locator("#document").input_value() == "The nation is"
 
+    page.keyboard.press("Tab")  # and a click inserts too
+    expect(page.locator("#suggestions [role=option]")).to_have_count(3)
+    clicked = options(page)[2]
+    page.locator("#suggestion-2").click()
+    assert page.locator("#document").input_value() == "The nation is" + clicked
+    expect(page.locator("#document")).to_be_focused()
+
 
 def test_escape_then_tab_leaves_the_editor_for_the_settings(page: Page) -> None:
     page.locator("#document").click()
