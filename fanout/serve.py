@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from types import FrameType
+from typing import IO
 
 import requests
 
@@ -40,14 +41,20 @@ def _die_with_parent() -> None:
 
 
 class Supervisor:
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, tier_list: list[Tier] | None = None,
+                 output: IO[bytes] | None = None) -> None:
+        """``tier_list`` replaces the layout's tiers (benchmarks swap in stand-ins);
+        ``output`` takes the tiers' logs instead of this process's stdout."""
         self.layout = layout
+        self.tier_list = tier_list if tier_list is not None else tiers(layout)
+        self.output = output
         self.running: dict[str, tuple[Tier, subprocess.Popen[bytes]]] = {}
 
     def start(self) -> None:
         env_base = {**os.environ, LAYOUT_ENV: str(self.layout.source)}
-        for tier in tiers(self.layout):
+        for tier in self.tier_list:
             process = subprocess.Popen(tier.argv, env={**env_base, **tier.env},
+                                       stdout=self.output, stderr=self.output,
                                        start_new_session=True, preexec_fn=_die_with_parent)
             self.running[tier.name] = (tier, process)
             print(f"started {tier.name} (pid {process.pid})", flush=True)

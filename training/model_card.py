@@ -29,6 +29,7 @@ def render(config: dict[str, Any], training: dict[str, Any], evaluation: dict[st
         f"- **{s['prompt']}**{_one_line(s['completion'])}"
         for s in evaluation["samples"][::5][:SAMPLES_SHOWN])
     heldout = ", ".join(training["heldout_docs"])
+    weights_dtype = config.get("dtype", config.get("torch_dtype", "float32"))
     card = textwrap.dedent(f"""\
         # fanout `{training['name']}`: a small GPT-2 trained from scratch
 
@@ -64,7 +65,7 @@ def render(config: dict[str, Any], training: dict[str, Any], evaluation: dict[st
         | layers / width / heads | {shape['n_layer']} / {shape['n_embd']} / {shape['n_head']} |
         | context window | {shape['n_positions']} tokens |
         | vocabulary | {config['vocab_size']:,} (GPT-2's) |
-        | weights | `model.safetensors`, {config.get('dtype', config.get('torch_dtype', 'float32'))} |
+        | weights | `model.safetensors`, {weights_dtype} |
 
         ## Training
 
@@ -77,7 +78,7 @@ def render(config: dict[str, Any], training: dict[str, Any], evaluation: dict[st
         | seed | {training['seed']} |
         | time | {training['train_seconds'] / 60:.0f} min on {training['device']} (torch {training['torch']}) |
 
-        Reproduce: `.venv/bin/python scripts/train_model.py {training['name']} --seed {training['seed']} --export models/{training['name']}`
+        Reproduce: `.venv/bin/python scripts/train_model.py {training['name']} --seed {training['seed']} --export models/{training['name']} --export-dtype {weights_dtype}`
         (resumable: it checkpoints to `runs/{training['name']}/` and continues from there).
 
         ## Evaluation

@@ -1,0 +1,154 @@
+"""Model processes driven directly through pipes: the strategies that use no HTTP at all.
+
+Each ``ModelProcess`` is a fresh interpreter (spawn: nothing of the parent's torch state
+is inherited) that loads the model with the worker tier's own ``LanguageModel`` on a
+fixed number of CPU threads, warms it up, and then runs the jobs it is sent:
+
+- ``sequential``: n samples one after another (the naive server);
+- ``batched``: n samples in one ``generate`` call with ``num_return_sequences=n``.
+
+The parent times each job from send to reply, so the figures include what a server in
+front of these processes could not avoid (handing the job over), and nothing else.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from fanout.layout import Model
+from fanout.params import GenerationParams
+
+LOAD_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "sequential" or "batched"
+    params: GenerationParams
+    n: int
+
+
+@dataclass(frozen=True)
+class JobResult:
+    seconds: float  # measured in the parent, send to reply
+    tokens: list[int]  # new tokens per sample
+
+
+class ModelProcess:
+    """One spawned process holding one copy of the model on ``threads`` CPU threads."""
+
+    def __init__(self, folder: Path, threads: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_conn = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child_conn, str(folder), threads),
+                                        daemon=True)
+        self._process.start()
+        child_conn.close()
+
+    def wait_ready(self) -> None:
+        if not self._conn.poll(LOAD_SECONDS):
+            raise TimeoutError(f"model process {self._process.pid} did not load in time")
+        ready = self._conn.recv()
+        if ready != "ready":
+            raise RuntimeError(f"model process failed to load: {ready}")
+
+    def send(self, job: Job) -> float:
+        """Hand the job over; returns the send time for ``receive``."""
+        started = time.perf_counter()
+        self._conn.send((job.kind, asdict(job.params), job.n))
+        return started
+
+    def receive(self, started: float) -> JobResult:
+        tokens = self._conn.recv()
+        if isinstance(tokens, str):
+            raise RuntimeError(f"model process failed a job: {tokens}")
+        return JobResult(time.perf_counter() - started, tokens)
+
+    def run(self, job: Job) -> JobResult:
+        return self.receive(self.send(job))
+
+    @property
+    def rss_bytes(self) -> int:
+        return int(psutil.Process(self._process.pid).memory_info().rss)
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._conn.send(None)
+            self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._conn.close()
+
+
+def start_processes(folder: Path, count: int, threads: int) -> list[ModelProcess]:
+    """``count`` processes, loading in parallel; all ready (or all closed) on return."""
+    processes = [ModelProcess(folder, threads) for _ in range(count)]
+    try:
+        for process in processes:
+            process.wait_ready()
+    except BaseException:
+        close_all(processes)
+        raise
+    return processes
+
+
+def close_all(processes: list[ModelProcess]) -> None:
+    for process in processes:
+        process.close()
+
+
+def _serve(conn: Connection, folder: str, threads: int) -> None:
+    # Before torch is imported, so its thread pools are sized once, as in a worker.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    try:
+        from worker_api.model import LanguageModel, set_cpu_threads
+
+        set_cpu_threads(threads)
+        model = LanguageModel(Model(folder, Path(folder)), "cpu", "float32")
+        model.warm_up()
+    except Exception as error:  # report it to the parent rather than dying silently
+        conn.send(f"{type(error).__name__}: {error}")
+        return
+    conn.send("ready")
+    while (message := conn.recv()) is not None:
+        kind, params, n = message
+        try:
+            conn.send(_run(model, kind, GenerationParams(**params), n))
+        except Exception as error:
+            conn.send(f"{type(error).__name__}: {error}")
+
+
+def _run(model: Any, kind: str, params: GenerationParams, n: int) -> list[int]:
+    if kind == "sequential":
+        return [model.generate(params.with_seed((params.seed or 0) + i)).tokens
+                for i in range(n)]
+    if kind == "batched":
+        return _batched(model, params, n)
+    raise ValueError(f"unknown job kind {kind!r}")
+
+
+def _batched(model: Any, params: GenerationParams, n: int) -> list[int]:
+    """The n samples as one batch: the memory-saving alternative the original authors named."""
+    import torch
+
+    ids = model.context_ids(params.context, params.length, params.max_tokens)
+    torch.manual_seed(params.seed or 0)
+    with torch.no_grad():
+        output = model.model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=True,
+            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+            max_new_tokens=params.length, num_return_sequences=n,
+            pad_token_id=model.eos_token_id, eos_token_id=model.eos_token_id)
+    new = output[:, ids.shape[1]:].tolist()
+    return [row.index(model.eos_token_id) if model.eos_token_id in row else len(row)
+            for row in new]

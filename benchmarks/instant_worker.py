@@ -1,0 +1,58 @@
+"""A worker tier whose "model" answers at once, to time what the front itself costs.
+
+It runs under the real worker gunicorn config and the real worker resources (request
+parsing, slot board, health); only the generator is replaced, so a fan-out against it
+measures the front, the HTTP hops and the worker's request handling, and no generation.
+
+    FANOUT_POOL=small gunicorn -c python:worker_api.gunicorn_conf \
+        'benchmarks.instant_worker:get_app()'
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import falcon
+
+from fanout.layout import load_layout
+from fanout.params import GenerationParams
+from worker_api.app import create_app, pool_from_env
+from worker_api.resources import WorkerIdentity
+from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard
+
+
+@dataclass(frozen=True)
+class InstantCompletion:
+    text: str
+    tokens: int
+    finish_reason: str
+    time: float
+    seed: int
+    context_tokens: int
+
+
+class InstantGenerator:
+    """Returns ``length`` words of filler without computing anything."""
+
+    ready = True
+
+    def generate(self, params: GenerationParams) -> InstantCompletion:
+        return InstantCompletion(text=" word" * params.length, tokens=params.length,
+                                 finish_reason="length", time=0.0, seed=params.seed or 0,
+                                 context_tokens=1)
+
+    def info(self) -> dict[str, Any]:
+        return {"model": "instant", "parameters": 0}
+
+
+def get_app() -> falcon.App:
+    layout = load_layout()
+    pool = pool_from_env(layout)
+    slot = pool.slots[int(os.environ.get(SLOT_ENV, "0"))]
+    board = SlotBoard(Path(os.environ.get(STATE_DIR_ENV) or tempfile.mkdtemp(prefix="fanout-")))
+    board.mark_ready(slot.index, os.getpid(), slot.device)
+    return create_app(InstantGenerator(), layout, WorkerIdentity(pool, slot), board)
