@@ -153,3 +153,18 @@ def test_pool_health_counts_ready_workers(tier: WorkerTier) -> None:
         client.close()
     assert {name: (h["status"], h["ready_workers"]) for name, h in health.items()} == {
         "small": ("ok", 2), "partial": ("degraded", 2), "gone": ("down", 0)}
+
+
+def test_a_host_proxy_setting_never_reroutes_worker_traffic(
+        tier: WorkerTier, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy meant for the host's outbound traffic; nothing listens on it.
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    for variable in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(variable, dead_proxy)
+    for variable in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    client = FanoutClient({"small": pool(tier.bind)}, threads=4, network_slack=0.5)
+    try:
+        assert [s.text for s in client.complete(request(n=2))] == ["cba", "cba"]
+    finally:
+        client.close()
