@@ -40,16 +40,17 @@ import requests
 import yaml
 
 from benchmarks.inprocess import Job, ModelProcess, close_all, start_processes
+from fanout.capacity import CONTEXT
 from fanout.layout import Layout, load_layout
+from fanout.load import percentile as load_percentile
 from fanout.params import GenerationParams
-from fanout.serve import Supervisor
+from fanout.ports import free_port
+from fanout.serve import Supervisor, running_tiers
 from fanout.tiers import tiers
 
 REPO = Path(__file__).resolve().parent.parent
 GPT2_SMALL_SIZED = REPO / ".cache" / "models" / "gpt2-124m-random"
 DEFAULT_MODELS = (REPO / "models" / "small", REPO / "models" / "medium", GPT2_SMALL_SIZED)
-CONTEXT = ("In his address to the Congress, the President spoke of the state of the "
-           "nation, of its economy and of the work that remains to be done. He said that")
 START_SECONDS = 300.0
 
 
@@ -94,11 +95,11 @@ class Result:
                 "tokens": self.tokens, "memory_mib": round(self.memory_bytes / 2**20, 1)}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
+def percentile(values: list[float], percent: float) -> float:
+    """As the load reports compute it; never empty here (every strategy times requests)."""
+    found = load_percentile(values, percent)
+    assert found is not None, "no timings"
+    return found
 
 
 def measure(work: Workload, one_request: Callable[[GenerationParams], int]) -> tuple[
@@ -164,36 +165,17 @@ def bench_layout(folder: Path | None, work: Workload, directory: Path) -> Layout
     return load_layout(path)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running(layout: Layout, worker_app: str | None = None) -> Iterator[Supervisor]:
-    """The layout's tiers, started and healthy; ``worker_app`` swaps the pool's app.
-
-    Their logs go to ``tiers.log`` beside the layout, shown only if they fail to start.
-    """
-    log_path = layout.source.parent / "tiers.log"
+    """The layout's tiers, logging to ``tiers.log`` beside it; ``worker_app`` swaps the
+    pool's app for a stand-in."""
     tier_list = tiers(layout)
     if worker_app is not None:
         tier_list = [tier if tier.name == "front" else
                      replace(tier, argv=(*tier.argv[:-1], worker_app)) for tier in tier_list]
-    with log_path.open("wb") as log:
-        supervisor = Supervisor(layout, tier_list, output=log)
-        try:
-            supervisor.start()
-            try:
-                supervisor.wait_healthy(START_SECONDS)
-            except RuntimeError as error:
-                raise RuntimeError(f"{error}\n{log_path.read_text()[-3000:]}") from None
-            yield supervisor
-        finally:
-            supervisor.stop()
+    with running_tiers(layout, layout.source.parent / "tiers.log", START_SECONDS,
+                       tier_list) as supervisor:
+        yield supervisor
 
 
 def autocomplete(session: requests.Session, url: str, params: GenerationParams,

@@ -17,12 +17,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import IO
 
 import requests
 
 from fanout.layout import LAYOUT_ENV, Layout, LayoutError, describe, load_layout
+from fanout.memory_fit import oversubscription_warnings
 from fanout.tiers import Tier, tiers
 
 POLL_SECONDS = 0.5
@@ -40,14 +43,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 class Supervisor:
     def __init__(self, layout: Layout, tier_list: list[Tier] | None = None,
-                 output: IO[bytes] | None = None) -> None:
+                 output: IO[bytes] | None = None, say: Callable[[str], None] = _say) -> None:
         """``tier_list`` replaces the layout's tiers (benchmarks swap in stand-ins);
-        ``output`` takes the tiers' logs instead of this process's stdout."""
+        ``output`` takes the tiers' logs and ``say`` this supervisor's own lines, instead
+        of this process's stdout."""
         self.layout = layout
         self.tier_list = tier_list if tier_list is not None else tiers(layout)
-        self.output = output
+        self.output, self.say = output, say
         self.running: dict[str, tuple[Tier, subprocess.Popen[bytes]]] = {}
 
     def start(self) -> None:
@@ -57,7 +65,7 @@ class Supervisor:
                                        stdout=self.output, stderr=self.output,
                                        start_new_session=True, preexec_fn=_die_with_parent)
             self.running[tier.name] = (tier, process)
-            print(f"started {tier.name} (pid {process.pid})", flush=True)
+            self.say(f"started {tier.name} (pid {process.pid})")
 
     def dead(self) -> list[str]:
         return [f"{name} exited with status {process.returncode}"
@@ -99,10 +107,34 @@ class Supervisor:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                print(f"{name} did not stop in {STOP_SECONDS:g}s; killing it", flush=True)
+                self.say(f"{name} did not stop in {STOP_SECONDS:g}s; killing it")
             # Workers of a master that died first may linger in its group: sweep them.
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@contextlib.contextmanager
+def running_tiers(layout: Layout, log_path: Path, timeout: float,
+                  tier_list: list[Tier] | None = None) -> Iterator[Supervisor]:
+    """For tools that start tiers of their own (bench, capacity): every tier running and
+    healthy, all output in ``log_path`` (its tail quoted if they fail to start), and all
+    stopped, process groups swept, however the block ends."""
+    with log_path.open("wb") as log:
+        def say(line: str) -> None:
+            log.write(f"fanout: {line}\n".encode())
+            log.flush()
+
+        supervisor = Supervisor(layout, tier_list, output=log, say=say)
+        try:
+            supervisor.start()
+            try:
+                supervisor.wait_healthy(timeout)
+            except RuntimeError as error:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{error}; from {log_path}:\n{tail}") from None
+            yield supervisor
+        finally:
+            supervisor.stop()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -127,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(describe(layout), flush=True)
+    for warning in oversubscription_warnings(layout):  # an estimate: say so, do not refuse
+        print(warning, file=sys.stderr, flush=True)
     supervisor = Supervisor(layout)
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)

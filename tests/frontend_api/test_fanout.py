@@ -13,8 +13,8 @@ import pytest
 
 from fanout.layout import Bind, Model, Pool, Slot
 from fanout.params import AutocompleteRequest, GenerationParams
+from fanout.ports import free_port
 from frontend_api.fanout import FanoutClient, WorkerTierError
-from tests.integration.servers import free_port
 
 # (status, body) for one /generate request, given its JSON body.
 Behaviour = Callable[[dict[str, Any]], tuple[int, Any]]

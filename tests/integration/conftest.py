@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fanout.ports import free_port
 from tests.conftest import layout_document
-from tests.integration.servers import RunningTiers, free_port
+from tests.integration.servers import RunningTiers
 
 
 @pytest.fixture(scope="module")

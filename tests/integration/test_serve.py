@@ -13,8 +13,9 @@ import psutil
 import pytest
 import requests
 
+from fanout.ports import free_port
 from tests.conftest import LayoutFactory
-from tests.integration.servers import READY_SECONDS, free_port, still_running
+from tests.integration.servers import READY_SECONDS, still_running
 
 pytestmark = pytest.mark.integration
 
