@@ -171,8 +171,10 @@ def running(layout: Layout, worker_app: str | None = None) -> Iterator[Superviso
     pool's app for a stand-in."""
     tier_list = tiers(layout)
     if worker_app is not None:
+        # benchmarks/ is not installed with the package: point gunicorn at the checkout.
         tier_list = [tier if tier.name == "front" else
-                     replace(tier, argv=(*tier.argv[:-1], worker_app)) for tier in tier_list]
+                     replace(tier, argv=(*tier.argv[:-1], "--pythonpath", str(REPO), worker_app))
+                     for tier in tier_list]
     with running_tiers(layout, layout.source.parent / "tiers.log", START_SECONDS,
                        tier_list) as supervisor:
         yield supervisor

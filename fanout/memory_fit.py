@@ -12,6 +12,7 @@ never guessed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -290,9 +291,12 @@ def _gib(value: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("layout", nargs="?", help="layout file (default: $FANOUT_LAYOUT or "
+                                                  "gpu_layout.yaml)")
+    args = parser.parse_args(argv)
     try:
-        layout = load_layout(args[0] if args else None)
+        layout = load_layout(args.layout)
     except LayoutError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
