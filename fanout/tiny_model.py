@@ -1,8 +1,8 @@
 """Make a small, randomly initialised GPT-2 with the real tokenizer.
 
 It writes gibberish, but it has GPT-2's architecture, tokenizer and file layout, so it
-exercises every part of both tiers in tests, and it serves as the default model until a
-trained one ships. Same seed, same weights.
+exercises every part of both tiers in tests in seconds, and a GPT-2-sized one (12 layers,
+width 768) is a fair stand-in for timing. Same seed, same weights.
 
     python -m fanout.tiny_model models/tiny-random-gpt2 --layers 2 --width 64
 """
@@ -33,7 +33,7 @@ def make_tiny_model(folder: Path, layers: int = 2, width: int = 64, heads: int =
     (folder / "README.md").write_text(
         f"Randomly initialised GPT-2 ({layers} layers, width {width}, window {window}, "
         f"seed {seed}) with GPT-2's tokenizer ({EOS} = {eos_id}). Writes gibberish; made "
-        "by `python -m fanout.tiny_model` for tests and as a stand-in default.\n")
+        "by `python -m fanout.tiny_model` for tests and timing.\n")
     return folder
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fanout.tiny_model import ensure_tiny_model, make_tiny_model
+from fanout.tiny_model import make_tiny_model
 
 LayoutFactory = Callable[..., Path]
 REPO = Path(__file__).resolve().parents[1]
@@ -21,10 +21,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2")
 
 
-@pytest.fixture(scope="session")
-def default_layout_model() -> Path:
-    """The stand-in model the shipped gpu_layout.yaml names, made as scripts/serve would."""
-    return ensure_tiny_model(REPO / "models" / "tiny-random-gpt2")
+SHIPPED_MODELS = {"small": REPO / "models" / "small", "medium": REPO / "models" / "medium"}
 
 
 def layout_document(model: Path, pools: dict[str, dict[str, Any]] | None = None,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from fanout.layout import DEFAULT_LAYOUT, FRONT_BIND_ENV, LayoutError, load_layout
-from tests.conftest import LayoutFactory
+from tests.conftest import SHIPPED_MODELS, LayoutFactory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,11 +122,11 @@ def test_unreadable_and_invalid_files_are_layout_errors(tmp_path: Path) -> None:
         load_layout(tmp_path / "list.yaml")
 
 
-def test_the_shipped_layouts_are_valid(tmp_path: Path, tiny_model_dir: Path,
-                                      default_layout_model: Path) -> None:
+def test_the_shipped_layouts_are_valid(tmp_path: Path, tiny_model_dir: Path) -> None:
     default = load_layout(DEFAULT_LAYOUT)
-    assert default.default_pool.model.path == default_layout_model
-    assert len(default.default_pool.slots) == 3 and str(default.front.bind) == "127.0.0.1:8000"
+    assert {name: pool.model.path for name, pool in default.pools.items()} == SHIPPED_MODELS
+    assert default.default_pool.name == "small" and str(default.front.bind) == "127.0.0.1:8000"
+    assert all(len(pool.slots) == 3 for pool in default.pools.values())
     # The 4-GPU example, with stand-in folders where its GPT-2 checkpoints would be.
     (tmp_path / "examples").mkdir()
     shutil.copy(REPO / "examples" / "gpu_layout.4xgpu.yaml", tmp_path / "examples")

@@ -25,11 +25,11 @@ def test_one_tier_per_pool_then_the_front(write_layout: LayoutFactory) -> None:
     assert "worker_api.app:get_app()" in started[0].argv
 
 
-def test_the_committed_procfile_matches_the_default_layout(default_layout_model: Path) -> None:
+def test_the_committed_procfile_matches_the_default_layout() -> None:
     expected = procfile(load_layout(DEFAULT_LAYOUT))
     assert (REPO / "Procfile").read_text() == expected
     lines = [line for line in expected.splitlines() if not line.startswith("#")]
-    assert [line.split(":", 1)[0] for line in lines] == ["pool-small", "front"]
+    assert [line.split(":", 1)[0] for line in lines] == ["pool-small", "pool-medium", "front"]
     assert all(shlex.split(line.split(":", 1)[1]) for line in lines)
     check = subprocess.run([sys.executable, "-m", "honcho", "check"], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
