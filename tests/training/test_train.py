@@ -67,6 +67,9 @@ def test_the_export_is_a_folder_fanout_serves(cache: Path, tmp_path: Path) -> No
 
     facts = json.loads((folder / "training.json").read_text())
     assert facts["steps"] == 4 and facts["heldout_docs"] == ["2021_made_up"]
+    # The card reads the stored dtype from config.json; the trainer's copy stays float32.
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "float16"
+    assert next(run.model.parameters()).dtype == torch.float32
     model = LanguageModel(Model("tiny", folder), "cpu", "float32")
     done = model.generate(GenerationParams(context="The nation", length=5, temperature=1.0,
                                            top_k=40, top_p=1.0, max_time=10, seed=1))
