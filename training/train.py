@@ -8,6 +8,7 @@ writes the model folder fanout serves (safetensors, config, tokenizer, generatio
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -206,9 +207,7 @@ class Trainer:
     def export(self, folder: Path, dtype: torch.dtype) -> None:
         """The folder fanout serves: safetensors weights, config, tokenizer, generation config."""
         folder.mkdir(parents=True, exist_ok=True)
-        weights = {k: v.detach().to("cpu", dtype) for k, v in self.model.state_dict().items()
-                   if k != "lm_head.weight"}  # tied to the token embedding: stored once
-        self.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
+        save_weights(self.model, folder, dtype)
         write_gpt2_tokenizer(folder, model_max_length=self.shape.n_positions)
         GenerationConfig(bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
                          do_sample=True, top_k=40, top_p=0.9, temperature=1.0,
@@ -222,6 +221,15 @@ class Trainer:
                  "device": str(self.device), "torch": torch.__version__,
                  "history": self.history}
         (folder / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
+
+
+def save_weights(model: GPT2LMHeadModel, folder: Path, dtype: torch.dtype) -> None:
+    """Config + safetensors in ``dtype``; a copy is cast so config.json names the stored dtype."""
+    shipped = copy.deepcopy(model)
+    shipped.to(device="cpu", dtype=dtype)  # type: ignore[call-arg]  # nn.Module.to, misread
+    weights = {k: v.detach() for k, v in shipped.state_dict().items()
+               if k != "lm_head.weight"}  # tied to the token embedding: stored once
+    shipped.save_pretrained(folder, state_dict=weights, safe_serialization=True)
 
 
 def pick_device(name: str) -> torch.device:
