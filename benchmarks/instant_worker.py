@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ class InstantGenerator:
 
     ready = True
 
-    def generate(self, params: GenerationParams) -> InstantCompletion:
+    def generate(self, params: GenerationParams,
+                 abandoned: Callable[[], bool] | None = None) -> InstantCompletion:
         return InstantCompletion(text=" word" * params.length, tokens=params.length,
                                  finish_reason="length", time=0.0, seed=params.seed or 0,
                                  context_tokens=1)

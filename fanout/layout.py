@@ -28,6 +28,7 @@ _POOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # A hub id is "name" or "owner/name"; anything that looks like a path is a folder.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _PATH_PREFIXES = ("/", "./", "../", "~")
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 
 
 class LayoutError(ValueError):
@@ -84,6 +85,16 @@ class Front:
     # Seconds allowed for connecting to and hearing back from a worker beyond max_time.
     network_slack: float = 5.0
     max_body_bytes: int = 65_536
+    # Admission bounds: past either one the front answers 503 + Retry-After at once
+    # instead of queueing. Requests in flight stay below threads so that threads remain
+    # free to say 503 and to answer /health under overload.
+    max_inflight: int = 12
+    max_queued_samples: int = 24  # per pool: samples waiting for a busy worker
+    # Browser origins allowed to call the API from other sites (CORS); none by default.
+    cors_origins: tuple[str, ...] = ()
+    # One API key per line; with keys configured (here or $FANOUT_API_KEYS) every API
+    # request needs "Authorization: Bearer <key>".
+    api_keys_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -192,18 +203,47 @@ class _Parser:
     def front(self, value: Any) -> Front:
         key, base = "front", Front()
         spec = self.mapping(value, key, optional={
-            "bind", "threads", "max_samples", "network_slack", "max_body_bytes"})
+            "bind", "threads", "max_samples", "network_slack", "max_body_bytes",
+            "max_inflight", "max_queued_samples", "cors_origins", "api_keys_file"})
         bind_text = os.environ.get(FRONT_BIND_ENV) or spec.get("bind", str(base.bind))
         bind_key = f"${FRONT_BIND_ENV}" if os.environ.get(FRONT_BIND_ENV) else f"{key}.bind"
+        threads = self.integer(spec, key, "threads", base.threads, low=2, high=1024)
         return Front(
             bind=self.bind(bind_text, bind_key),
-            threads=self.integer(spec, key, "threads", base.threads, low=1, high=1024),
+            threads=threads,
             max_samples=self.integer(spec, key, "max_samples", base.max_samples, low=1, high=64),
             network_slack=self.number(spec, key, "network_slack", base.network_slack,
                                       low=0.1, high=600),
             max_body_bytes=self.integer(spec, key, "max_body_bytes", base.max_body_bytes,
                                         low=1024, high=64 * 2**20),
+            max_inflight=self.integer(spec, key, "max_inflight",
+                                      min(base.max_inflight, threads - 1), low=1,
+                                      high=threads - 1, why="must stay below front.threads"),
+            max_queued_samples=self.integer(spec, key, "max_queued_samples",
+                                            base.max_queued_samples, low=0, high=1_000_000),
+            cors_origins=self.origins(spec.get("cors_origins", []), f"{key}.cors_origins"),
+            api_keys_file=self.file(spec.get("api_keys_file"), f"{key}.api_keys_file"),
         )
+
+    def origins(self, value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, "must be a list of origins, e.g. ['https://editor.example']")
+        for index, origin in enumerate(value):
+            if origin != "*" and not (isinstance(origin, str) and _ORIGIN.match(origin)):
+                raise self.fail(f"{key}[{index}]", f"{origin!r} is not an origin: "
+                                "scheme://host[:port] with no path, or '*'")
+        return tuple(value)
+
+    def file(self, value: Any, key: str) -> Path | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "must be a file path")
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else self.source.parent / path
+        if not path.is_file():
+            raise self.fail(key, f"{path} is not a readable file")
+        return path.resolve()
 
     def limits(self, value: Any) -> GenerationLimits:
         key, base = "generation.limits", GenerationLimits()
@@ -318,12 +358,13 @@ class _Parser:
         return value
 
     def integer(self, spec: dict[str, Any], key: str, name: str, default: int,
-                low: int, high: int) -> int:
+                low: int, high: int, why: str = "") -> int:
         value = spec.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(f"{key}.{name}", f"must be an integer, not {value!r}")
         if not low <= value <= high:
-            raise self.fail(f"{key}.{name}", f"{value} is outside {low}..{high}")
+            raise self.fail(f"{key}.{name}",
+                            f"{value} is outside {low}..{high}" + (f" ({why})" if why else ""))
         return value
 
     def number(self, spec: dict[str, Any], key: str, name: str, default: float,

@@ -2,33 +2,46 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import falcon
 
 from fanout.http import FieldError, add_error_handlers
 from fanout.layout import Layout, load_layout
-from frontend_api.fanout import FanoutClient, WorkerTierError
+from frontend_api.admission import Admission
+from frontend_api.fanout import ClientGone, FanoutClient, WorkerTierError
 from frontend_api.resources import Autocomplete, EditorPage, Fanout, Health, Models
 
 STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger(__name__)
 
 
 def worker_tier_error(req: falcon.Request, resp: falcon.Response, exc: WorkerTierError,
                       params: object) -> None:
     if exc.field is not None:
         raise FieldError(exc.status, exc.title, exc.description, exc.field)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     raise falcon.HTTPError(falcon.code_to_http_status(exc.status), title=exc.title,
-                           description=exc.description)
+                           description=exc.description, headers=headers)
+
+
+def client_gone(req: falcon.Request, resp: falcon.Response, exc: ClientGone,
+                params: object) -> None:
+    # Nobody reads this answer; the status is for the access log (nginx's convention).
+    log.info("client left before its samples were in: %s %s", req.method, req.path)
+    raise falcon.HTTPError("499 Client Closed Request", title="Client closed request")
 
 
 def create_app(layout: Layout, fanout: Fanout) -> falcon.App:
     app = falcon.App()
     add_error_handlers(app)
     app.add_error_handler(WorkerTierError, worker_tier_error)
-    app.add_route("/autocomplete", Autocomplete(fanout, layout))
+    app.add_error_handler(ClientGone, client_gone)
+    admission = Admission(layout.front, layout.pools)
+    app.add_route("/autocomplete", Autocomplete(fanout, layout, admission))
     app.add_route("/models", Models(layout))
-    app.add_route("/health", Health(fanout))
+    app.add_route("/health", Health(fanout, admission))
     app.add_route("/", EditorPage(STATIC / "index.html"))
     app.add_static_route("/static", str(STATIC))
     return app

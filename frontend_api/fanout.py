@@ -3,19 +3,32 @@
 This is the one place the front talks to workers. Each sample is its own HTTP request
 from its own thread; the worker tier's sync workers take one request each, so N idle
 workers generate the N samples at the same time. All N share one deadline.
+
+Faults, sample by sample: a worker that dies mid-generation drops its connection, and
+the sample is sent again (another worker, or the respawned one, takes it) while the
+deadline allows. A worker that hangs costs only its own sample: at the deadline the
+request answers with the samples it has (``partial``). A pool that refuses connections
+is down: the request fails at once with 503 and Retry-After. Samples still out when the
+request ends (deadline, or the client went away) have their connections cut, which
+tells their workers to stop generating.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import logging
+import socket
+import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection
 
 from fanout.layout import Pool
 from fanout.params import AutocompleteRequest, GenerationParams
@@ -24,14 +37,38 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 2.0
 HEALTH_TIMEOUT = 1.0
+# How often a waiting request looks at its client's connection.
+POLL_SECONDS = 0.05
+# A sample whose worker died is sent again at most this often, and only with this much
+# of the deadline left: less than that cannot produce a useful sample.
+MAX_RETRIES = 2
+RETRY_MIN_SECONDS = 0.2
+# A refused connection means the pool's server is down; it is back in a few seconds
+# when a supervisor restarts it, minutes if it must reload its model.
+POOL_DOWN_RETRY_AFTER = 5
 
 
 class WorkerTierError(Exception):
     """A pool's worker tier failed a request; carries the status the front should answer."""
 
-    def __init__(self, status: int, title: str, description: str, field: str | None = None):
+    def __init__(self, status: int, title: str, description: str, field: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(description)
-        self.status, self.title, self.description, self.field = status, title, description, field
+        self.status, self.title, self.description = status, title, description
+        self.field, self.retry_after = field, retry_after
+
+    @property
+    def ends_request(self) -> bool:
+        """Fails the whole request, not one sample: every sample would fail alike."""
+        return 400 <= self.status < 500 or self.status == 503
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its samples were in."""
+
+
+class _WorkerDropped(Exception):
+    """The worker's connection broke mid-request (the worker died): worth sending again."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +84,81 @@ class Sample:
     worker: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A sample that did not arrive: its index in the request, a status and why."""
+
+    index: int
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What a request got by its deadline: the samples in order, and the ones that failed."""
+
+    samples: list[Sample]
+    failed: list[Failure]
+
+
+class _Cutter:
+    """Lets the thread gathering a request cut one sample's connection to its worker."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.cut = False
+
+    def attach(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sock = sock
+            if self.cut:
+                _shutdown(sock)
+
+    def detach(self) -> None:
+        with self.lock:
+            self.sock = None
+
+    def cut_now(self) -> None:
+        with self.lock:
+            self.cut = True
+            if self.sock is not None:
+                _shutdown(self.sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)  # the blocked reader wakes; the worker sees EOF
+
+
+_sending = threading.local()  # the _Cutter of the sample this fan-out thread is sending
+
+
+class _CuttableConnection(HTTPConnection):
+    """Hands its socket to the sending thread's cutter once the request is on the wire."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        cutter: _Cutter | None = getattr(_sending, "cutter", None)
+        if cutter is not None and self.sock is not None:
+            cutter.attach(self.sock)
+
+
+class _CuttablePool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _CuttableConnection
+
+
+class _CuttableAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            **self.poolmanager.pool_classes_by_scheme, "http": _CuttablePool}
+
+
+def _never() -> bool:
+    return False
+
+
 class FanoutClient:
     """Holds the thread pool and HTTP session shared by every request of the front."""
 
@@ -60,43 +172,94 @@ class FanoutClient:
         # host's outbound traffic must not apply to them, and skipping those look-ups (done
         # on every request otherwise) takes a share of the front's per-sample overhead.
         self.session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=len(pools), pool_maxsize=threads, max_retries=0)
+        adapter = _CuttableAdapter(pool_connections=len(pools), pool_maxsize=threads,
+                                   max_retries=0)
         self.session.mount("http://", adapter)
 
-    def complete(self, request: AutocompleteRequest) -> list[Sample]:
-        """The request's ``n_samples`` completions, in sample order, or a WorkerTierError."""
+    def complete(self, request: AutocompleteRequest,
+                 client_gone: Callable[[], bool] = _never) -> Gathered:
+        """The samples that arrive by the deadline, or a WorkerTierError if none can.
+
+        Raises ClientGone when ``client_gone`` says the requester left; the samples still
+        out are then cut off, so an abandoned request leaves no work behind.
+        """
         pool = self.pools[request.model_size]
         deadline = time.monotonic() + request.params.max_time + self.network_slack
-        pending = [self.executor.submit(self._generate, pool, params, deadline)
-                   for params in request.sample_params()]
-        # Stop waiting at the first failure: the answer is an error whatever the rest do.
-        done, not_done = futures.wait(pending, timeout=max(0.0, deadline - time.monotonic()),
-                                      return_when=futures.FIRST_EXCEPTION)
-        for future in not_done:
-            future.cancel()
-        failed = next((f.exception() for f in done if f.exception() is not None), None)
-        if failed is not None:
-            raise failed
-        if not_done:
-            raise WorkerTierError(504, "Worker tier timed out",
-                                  f"pool {pool.name!r} returned {len(done)} of "
-                                  f"{len(pending)} samples before the deadline")
-        return [future.result() for future in pending]
+        cutters = [_Cutter() for _ in range(request.n_samples)]
+        pending = {self.executor.submit(self._sample, pool, params, deadline, cutters[i]): i
+                   for i, params in enumerate(request.sample_params())}
+        samples: dict[int, Sample] = {}
+        failed: dict[int, Failure] = {}
+        waiting = set(pending)
+        try:
+            while waiting and (remaining := deadline - time.monotonic()) > 0:
+                done, waiting = futures.wait(waiting, timeout=min(POLL_SECONDS, remaining),
+                                             return_when=futures.FIRST_COMPLETED)
+                for future in done:
+                    index, error = pending[future], future.exception()
+                    if error is None:
+                        samples[index] = future.result()
+                    elif isinstance(error, WorkerTierError) and error.ends_request:
+                        raise error
+                    else:
+                        failed[index] = _failure(index, error)
+                if waiting and client_gone():
+                    raise ClientGone()
+        finally:
+            for future in waiting:
+                future.cancel()  # not yet sent: never will be
+                cutters[pending[future]].cut_now()  # sent: its worker stops generating
+        for future in waiting:
+            failed[pending[future]] = Failure(pending[future], 504,
+                                              "no answer before the deadline")
+        if not samples:
+            raise _all_failed(pool, sorted(failed.values(), key=lambda f: f.index))
+        if failed:
+            log.warning("pool %s: %d of %d samples failed: %s", pool.name, len(failed),
+                        len(pending), "; ".join(f.reason for f in failed.values()))
+        return Gathered([samples[i] for i in sorted(samples)],
+                        [failed[i] for i in sorted(failed)])
 
-    def _generate(self, pool: Pool, params: GenerationParams, deadline: float) -> Sample:
+    def _sample(self, pool: Pool, params: GenerationParams, deadline: float,
+                cutter: _Cutter) -> Sample:
+        """One sample, sent again if its worker dies while the deadline allows."""
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                return self._generate(pool, params, deadline, cutter)
+            except _WorkerDropped as dropped:
+                left = deadline - time.monotonic()
+                if cutter.cut or attempt == MAX_RETRIES or left < RETRY_MIN_SECONDS:
+                    raise WorkerTierError(502, "Worker tier error", str(dropped)) from None
+                log.warning("%s; sending the sample again (%.1fs left)", dropped, left)
+                # The retry has less time: it should end with a shorter sample, not none.
+                params = replace(params, max_time=max(0.01, min(params.max_time,
+                                                                left - RETRY_MIN_SECONDS)))
+        raise AssertionError("unreachable")
+
+    def _generate(self, pool: Pool, params: GenerationParams, deadline: float,
+                  cutter: _Cutter) -> Sample:
         started = time.monotonic()
+        _sending.cutter = cutter
         try:
             response = self.session.post(
                 f"{pool.bind.url}/generate", json=params.to_json(),
                 timeout=(CONNECT_TIMEOUT, max(0.1, deadline - started)))
+        except requests.ConnectTimeout:
+            raise _pool_down(pool, "did not accept a connection in time") from None
         except requests.Timeout:
             raise WorkerTierError(504, "Worker tier timed out",
                                   f"pool {pool.name!r} did not answer in time") from None
+        except requests.ConnectionError as exc:
+            if _refused(exc):
+                raise _pool_down(pool, "refused the connection") from None
+            raise _WorkerDropped(f"pool {pool.name!r}: a worker dropped the connection "
+                                 f"({_innermost(exc)})") from None
         except requests.RequestException as exc:
-            log.warning("pool %s at %s unreachable: %s", pool.name, pool.bind.url, exc)
-            raise WorkerTierError(502, "Worker tier unavailable",
-                                  f"pool {pool.name!r} at {pool.bind.url} cannot be "
-                                  f"reached") from None
+            raise WorkerTierError(502, "Worker tier error",
+                                  f"pool {pool.name!r}: {_innermost(exc)}") from None
+        finally:
+            cutter.detach()
+            _sending.cutter = None
         body = _json_or_none(response)
         if response.status_code != 200 or not isinstance(body, dict):
             raise _upstream_error(pool, response.status_code, body)
@@ -133,6 +296,47 @@ class FanoutClient:
         self.session.close()
 
 
+def _failure(index: int, error: BaseException) -> Failure:
+    if isinstance(error, WorkerTierError):
+        return Failure(index, error.status, error.description)
+    log.error("sample %d failed unexpectedly", index, exc_info=error)
+    return Failure(index, 502, "the front hit an unexpected error; it has been logged")
+
+
+def _all_failed(pool: Pool, failed: list[Failure]) -> WorkerTierError:
+    if all(f.status == 504 for f in failed):
+        return WorkerTierError(504, "Worker tier timed out",
+                               f"pool {pool.name!r} returned none of {len(failed)} samples "
+                               "before the deadline")
+    return WorkerTierError(502, "Worker tier error",
+                           f"pool {pool.name!r} returned none of {len(failed)} samples: "
+                           + "; ".join(sorted({f.reason for f in failed})))
+
+
+def _pool_down(pool: Pool, what: str) -> WorkerTierError:
+    log.warning("pool %s at %s %s", pool.name, pool.bind.url, what)
+    return WorkerTierError(503, "Worker tier unavailable",
+                           f"pool {pool.name!r} is down ({pool.bind.url} {what}); "
+                           "retry later", retry_after=POOL_DOWN_RETRY_AFTER)
+
+
+def _refused(exc: requests.ConnectionError) -> bool:
+    """A connection never made (nothing listens) rather than one broken mid-request."""
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the cause
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def _innermost(exc: BaseException) -> str:
+    reason: Any = exc
+    while isinstance(getattr(reason, "args", None), tuple) and reason.args \
+            and isinstance(reason.args[0], BaseException):
+        reason = reason.args[0]
+    reason = getattr(reason, "reason", reason)
+    return f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) \
+        else str(reason)
+
+
 def _json_or_none(response: requests.Response) -> Any:
     try:
         return response.json()
@@ -140,13 +344,17 @@ def _json_or_none(response: requests.Response) -> Any:
         return None
 
 
-def _upstream_error(pool: Pool, status: int, body: Any) -> WorkerTierError:
+def _upstream_error(pool: Pool, status: int, body: Any) -> Exception:
     description = body.get("description") if isinstance(body, dict) else None
     if 400 <= status < 500 and status != 404 and isinstance(body, dict):
         # The worker rejected the parameters (e.g. a length past the model's window):
         # that is the client's error, reported with the worker's words.
         return WorkerTierError(status, body.get("title") or "Invalid parameter",
                                description or "rejected by the worker tier", body.get("field"))
+    if status >= 500:
+        # An unexpected error in one worker (out of memory, say): another may manage.
+        return _WorkerDropped(f"pool {pool.name!r}: a worker answered {status}"
+                              + (f" ({description})" if description else ""))
     return WorkerTierError(502, "Worker tier error",
                            f"pool {pool.name!r} answered {status}"
                            + (f": {description}" if description else ""))

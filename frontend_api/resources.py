@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,6 +12,8 @@ import falcon
 from fanout.http import read_json
 from fanout.layout import Layout
 from fanout.params import AutocompleteRequest, parse_autocomplete
+from fanout.peer import client_gone_check
+from frontend_api.admission import Admission
 
 
 class Sample(Protocol):
@@ -31,10 +33,31 @@ class Sample(Protocol):
     def worker(self) -> dict[str, Any]: ...
 
 
+class Failure(Protocol):
+    """A sample that did not arrive (``frontend_api.fanout.Failure``)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class Gathered(Protocol):
+    """A request's samples and failures (``frontend_api.fanout.Gathered``)."""
+
+    @property
+    def samples(self) -> Sequence[Sample]: ...
+    @property
+    def failed(self) -> Sequence[Failure]: ...
+
+
 class Fanout(Protocol):
     """What the resources need from the fan-out client (see ``frontend_api.fanout``)."""
 
-    def complete(self, request: AutocompleteRequest) -> Sequence[Sample]: ...
+    def complete(self, request: AutocompleteRequest,
+                 client_gone: Callable[[], bool]) -> Gathered: ...
 
     def health(self) -> dict[str, dict[str, Any]]: ...
 
@@ -42,23 +65,29 @@ class Fanout(Protocol):
 class Autocomplete:
     """``POST /autocomplete``: N completions of a context, Write With Transformer style."""
 
-    def __init__(self, fanout: Fanout, layout: Layout) -> None:
-        self.fanout, self.layout = fanout, layout
+    def __init__(self, fanout: Fanout, layout: Layout, admission: Admission) -> None:
+        self.fanout, self.layout, self.admission = fanout, layout, admission
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         started = time.monotonic()
         front, layout = self.layout.front, self.layout
         request = parse_autocomplete(read_json(req, front.max_body_bytes), layout.defaults,
                                      layout.limits, layout.pools, front.max_samples)
-        samples = self.fanout.complete(request)
+        with self.admission.admit(request.model_size, request.n_samples):
+            gathered = self.fanout.complete(request, client_gone_check(req.env))
         resp.media = {
             "sentences": [
                 {"value": s.text, "time": round(s.round_trip, 4), "tokens": s.tokens,
                  "finish_reason": s.finish_reason, "seed": s.seed, "worker": s.worker}
-                for s in samples
+                for s in gathered.samples
             ],
             "model_size": request.model_size,
             "time": round(time.monotonic() - started, 4),
+            # Some samples failed by the deadline (a worker hung or died): the rest are
+            # worth more to an editor than an error.
+            "partial": bool(gathered.failed),
+            "failed": [{"index": f.index, "status": f.status, "reason": f.reason}
+                       for f in gathered.failed],
         }
 
 
@@ -82,15 +111,15 @@ class Models:
 class Health:
     """``GET /health``: 200 while every pool can serve, 503 naming the pools that cannot."""
 
-    def __init__(self, fanout: Fanout) -> None:
-        self.fanout = fanout
+    def __init__(self, fanout: Fanout, admission: Admission) -> None:
+        self.fanout, self.admission = fanout, admission
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         pools = self.fanout.health()
         down = sorted(name for name, pool in pools.items() if pool["status"] == "down")
         healthy = all(pool["status"] == "ok" for pool in pools.values())
         resp.media = {"status": "ok" if healthy else "down" if down else "degraded",
-                      "pools": pools}
+                      "pools": pools, "load": self.admission.snapshot()}
         if down:
             resp.status = falcon.HTTP_503
 

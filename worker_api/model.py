@@ -10,13 +10,20 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.utils import logging as hf_logging
 
 from fanout.layout import Model
@@ -139,8 +146,13 @@ class LanguageModel:
         return torch.tensor([ids or [self.eos_token_id]], device=self.device)
 
     @torch.no_grad()
-    def generate(self, params: GenerationParams) -> Completion:
-        """Sample ``params.length`` new tokens after the context (or fewer, on EOS or time-out)."""
+    def generate(self, params: GenerationParams,
+                 abandoned: Callable[[], bool] | None = None) -> Completion:
+        """Sample ``params.length`` new tokens after the context (or fewer, on EOS or time-out).
+
+        ``abandoned`` is asked after every token; once it says yes (the front stopped
+        waiting), generation stops, so a dropped request frees its worker at once.
+        """
         started = time.perf_counter()
         input_ids = self.context_ids(params.context, params.length, params.max_tokens)
         seed = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
@@ -155,14 +167,17 @@ class LanguageModel:
             max_time=params.max_time,
             pad_token_id=self.eos_token_id,
             eos_token_id=self.eos_token_id,
+            stopping_criteria=StoppingCriteriaList([_Abandoned(abandoned)] if abandoned else []),
             **sampling,
         )
         new_ids = output[0, input_ids.shape[1]:].tolist()
         if self.eos_token_id in new_ids:
             new_ids = new_ids[: new_ids.index(self.eos_token_id)]
             reason = "stop"
+        elif len(new_ids) >= params.length:
+            reason = "length"
         else:
-            reason = "length" if len(new_ids) >= params.length else "time"
+            reason = "abandoned" if abandoned and abandoned() else "time"
         text = str(self.tokenizer.decode(new_ids, skip_special_tokens=True))
         return Completion(text=text, tokens=len(new_ids), finish_reason=reason,
                           time=time.perf_counter() - started, seed=seed,
@@ -187,6 +202,17 @@ class LanguageModel:
             "torch_threads": torch.get_num_threads(),
             "memory": self.memory(),
         }
+
+
+class _Abandoned(StoppingCriteria):
+    """Stops generation once nobody waits for it any more."""
+
+    def __init__(self, abandoned: Callable[[], bool]) -> None:
+        self.abandoned = abandoned
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.abandoned(), dtype=torch.bool,
+                          device=input_ids.device)
 
 
 def set_cpu_threads(threads: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import falcon
@@ -10,6 +11,7 @@ import falcon
 from fanout.http import read_json
 from fanout.layout import GenerationDefaults, GenerationLimits, Pool, Slot
 from fanout.params import GenerationParams, parse_generation
+from fanout.peer import client_gone_check
 
 
 class Completion(Protocol):
@@ -34,7 +36,8 @@ class Generator(Protocol):
 
     ready: bool
 
-    def generate(self, params: GenerationParams) -> Completion: ...
+    def generate(self, params: GenerationParams,
+                 abandoned: Callable[[], bool] | None = None) -> Completion: ...
 
     def info(self) -> dict[str, Any]: ...
 
@@ -64,7 +67,9 @@ class Generate:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         params = parse_generation(read_json(req, self.max_body_bytes),
                                   self.defaults, self.limits)
-        done = self.model.generate(params)
+        # The front closes its connection when it stops waiting (deadline, or its own
+        # client left): generation stops too, so the worker is free for live requests.
+        done = self.model.generate(params, abandoned=client_gone_check(req.env))
         resp.media = {
             "text": done.text, "tokens": done.tokens, "finish_reason": done.finish_reason,
             "time": round(done.time, 4), "seed": done.seed,

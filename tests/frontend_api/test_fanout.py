@@ -13,11 +13,14 @@ import pytest
 
 from fanout.layout import Bind, Model, Pool, Slot
 from fanout.params import AutocompleteRequest, GenerationParams
+from fanout.peer import peer_gone
 from fanout.ports import free_port
-from frontend_api.fanout import FanoutClient, WorkerTierError
+from frontend_api.fanout import ClientGone, FanoutClient, WorkerTierError
 
-# (status, body) for one /generate request, given its JSON body.
+# (status, body) for one /generate request, given its JSON body; DROP closes the
+# connection without an answer, as a worker killed mid-generation does.
 Behaviour = Callable[[dict[str, Any]], tuple[int, Any]]
+DROP = -1
 
 
 def good(body: dict[str, Any]) -> tuple[int, Any]:
@@ -36,12 +39,20 @@ class WorkerTier:
 
     def __init__(self) -> None:
         self.behaviour: Behaviour = good
+        self.seen: list[dict[str, Any]] = []
+        self.abandoned = threading.Event()  # a client cut a connection we were serving
         tier = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                tier.seen.append(body)
                 status, answer = tier.behaviour(body)
+                if peer_gone(self.connection):
+                    tier.abandoned.set()
+                if status == DROP:
+                    self.close_connection = True
+                    return
                 payload = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(payload)))
@@ -95,16 +106,17 @@ def request(n: int = 3, max_time: float = 1.0, seed: int | None = 5) -> Autocomp
 
 
 def test_samples_come_back_in_order_with_their_seeds(client: FanoutClient) -> None:
-    samples = client.complete(request(n=4))
-    assert [s.text for s in samples] == ["cba"] * 4
-    assert [s.seed for s in samples] == [5, 6, 7, 8]
-    assert all(s.round_trip >= 0 for s in samples)
+    gathered = client.complete(request(n=4))
+    assert [s.text for s in gathered.samples] == ["cba"] * 4
+    assert [s.seed for s in gathered.samples] == [5, 6, 7, 8]
+    assert all(s.round_trip >= 0 for s in gathered.samples) and gathered.failed == []
 
 
 @pytest.mark.parametrize(("behaviour", "status", "words"), [
     (lambda b: (200, {"text": "x"}), 502, "answered without 'time'"),
     (lambda b: (500, b"<html>oops</html>"), 502, "answered 500"),
     (lambda b: (503, {"title": "Loading", "description": "warming up"}), 502, "warming up"),
+    (lambda b: (DROP, None), 502, "dropped the connection"),
     (lambda b: (400, {"title": "Invalid parameter", "description": "length: too long",
                       "field": "length"}), 400, "length: too long"),
 ])
@@ -129,17 +141,70 @@ def test_the_deadline_holds_when_workers_stall(tier: WorkerTier, client: FanoutC
     assert time.monotonic() - started < 0.3 + 0.5 + 0.5
 
 
-def test_one_failed_sample_answers_at_once(tier: WorkerTier, client: FanoutClient) -> None:
-    def first_fails(body: dict[str, Any]) -> tuple[int, Any]:
-        if body["seed"] == 5:
-            return 500, b"broken"
+def test_a_dropped_sample_is_sent_again(tier: WorkerTier, client: FanoutClient) -> None:
+    drops = {6: 2}  # seed 6's first two workers die mid-generation; the third answers
+
+    def dying(body: dict[str, Any]) -> tuple[int, Any]:
+        if drops.get(body["seed"], 0) > 0:
+            drops[body["seed"]] -= 1
+            return DROP, None
+        return good(body)
+    tier.behaviour = dying
+    gathered = client.complete(request(n=3))
+    assert [s.seed for s in gathered.samples] == [5, 6, 7] and gathered.failed == []
+    assert [b["seed"] for b in tier.seen].count(6) == 3
+
+
+def test_a_failing_sample_leaves_the_others_a_partial_answer(
+        tier: WorkerTier, client: FanoutClient) -> None:
+    def second_fails(body: dict[str, Any]) -> tuple[int, Any]:
+        return (500, b"broken") if body["seed"] == 6 else good(body)
+    tier.behaviour = second_fails
+    gathered = client.complete(request(n=3))
+    assert [s.seed for s in gathered.samples] == [5, 7]
+    assert [(f.index, f.status) for f in gathered.failed] == [(1, 502)]
+    assert "answered 500" in gathered.failed[0].reason
+
+
+def test_a_hung_sample_costs_only_itself(tier: WorkerTier, client: FanoutClient) -> None:
+    def third_hangs(body: dict[str, Any]) -> tuple[int, Any]:
+        if body["seed"] == 7:
+            time.sleep(3)
+        return good(body)
+    tier.behaviour = third_hangs
+    started = time.monotonic()
+    gathered = client.complete(request(n=3, max_time=0.3))
+    assert time.monotonic() - started < 0.3 + 0.5 + 0.5  # max_time + slack + scheduling
+    assert [s.seed for s in gathered.samples] == [5, 6]
+    assert [(f.index, f.status) for f in gathered.failed] == [(2, 504)]
+    # Its connection was cut, which is what tells a real worker to stop generating.
+    assert tier.abandoned.wait(5)
+
+
+def test_a_pool_that_refuses_connections_is_down_at_once() -> None:
+    client = FanoutClient({"small": pool(Bind("127.0.0.1", free_port()))}, threads=4,
+                          network_slack=5.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(WorkerTierError) as caught:
+            client.complete(request(max_time=10.0))
+    finally:
+        client.close()
+    assert time.monotonic() - started < 1.0  # no waiting for the 15 s deadline
+    assert caught.value.status == 503 and caught.value.retry_after
+    assert "is down" in caught.value.description
+
+
+def test_a_client_that_leaves_stops_the_fanout(tier: WorkerTier, client: FanoutClient) -> None:
+    def slow(body: dict[str, Any]) -> tuple[int, Any]:
         time.sleep(2)
         return good(body)
-    tier.behaviour = first_fails
-    started = time.monotonic()
-    with pytest.raises(WorkerTierError, match="answered 500"):
-        client.complete(request(max_time=5.0))
-    assert time.monotonic() - started < 1.5
+    tier.behaviour = slow
+    leaves_at = time.monotonic() + 0.3
+    with pytest.raises(ClientGone):
+        client.complete(request(max_time=5.0), client_gone=lambda: time.monotonic() > leaves_at)
+    assert time.monotonic() - leaves_at < 0.3
+    assert tier.abandoned.wait(5)
 
 
 def test_pool_health_counts_ready_workers(tier: WorkerTier) -> None:
@@ -165,6 +230,6 @@ def test_a_host_proxy_setting_never_reroutes_worker_traffic(
         monkeypatch.delenv(variable, raising=False)
     client = FanoutClient({"small": pool(tier.bind)}, threads=4, network_slack=0.5)
     try:
-        assert [s.text for s in client.complete(request(n=2))] == ["cba", "cba"]
+        assert [s.text for s in client.complete(request(n=2)).samples] == ["cba", "cba"]
     finally:
         client.close()

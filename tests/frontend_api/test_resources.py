@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from fanout.layout import Layout, load_layout
 from fanout.params import AutocompleteRequest
 from frontend_api.app import create_app
-from frontend_api.fanout import Sample, WorkerTierError
+from frontend_api.fanout import Failure, Gathered, Sample, WorkerTierError
 from tests.conftest import LayoutFactory
 
 
@@ -25,15 +27,23 @@ class EchoFanout:
     failure: Exception | None = None
     pools_status: dict[str, str] = field(default_factory=dict)
     seen: list[AutocompleteRequest] = field(default_factory=list)
+    lost: set[int] = field(default_factory=set)  # sample indices that time out
+    hold: threading.Event | None = None  # when set, each request waits for it
 
-    def complete(self, request: AutocompleteRequest) -> Sequence[Sample]:
+    def complete(self, request: AutocompleteRequest,
+                 client_gone: Callable[[], bool]) -> Gathered:
         self.seen.append(request)
+        if self.hold is not None:
+            self.hold.wait(10)
         if self.failure is not None:
             raise self.failure
-        return [Sample(text=p.context[::-1], time=0.01, round_trip=0.02, tokens=p.length,
-                       finish_reason="length", seed=p.seed or 0,
-                       worker={"pid": 100 + i, "slot": i, "device": "cpu"})
-                for i, p in enumerate(request.sample_params())]
+        params = request.sample_params()
+        return Gathered(
+            [Sample(text=p.context[::-1], time=0.01, round_trip=0.02, tokens=p.length,
+                    finish_reason="length", seed=p.seed or 0,
+                    worker={"pid": 100 + i, "slot": i, "device": "cpu"})
+             for i, p in enumerate(params) if i not in self.lost],
+            [Failure(i, 504, "no answer before the deadline") for i in sorted(self.lost)])
 
     def health(self) -> dict[str, dict[str, Any]]:
         return {name: {"status": status, "ready_workers": int(status != "down"), "workers": 1}
@@ -63,7 +73,17 @@ def test_autocomplete_returns_one_sentence_per_sample(layout: Layout) -> None:
     assert [s["value"] for s in body["sentences"]] == ["cba"] * 4
     assert [s["seed"] for s in body["sentences"]] == [10, 11, 12, 13]
     assert body["model_size"] == "medium" and body["time"] >= 0
+    assert body["partial"] is False and body["failed"] == []
     assert fanout.seen[0].params.length == layout.defaults.length
+
+
+def test_samples_lost_by_the_deadline_make_a_partial_answer(layout: Layout) -> None:
+    result = client(layout, EchoFanout(lost={0, 2})).simulate_post(
+        "/autocomplete", json={"context": "abc", "n_samples": 3, "seed": 1})
+    assert result.status_code == 200
+    assert [s["seed"] for s in result.json["sentences"]] == [2]
+    assert result.json["partial"] is True
+    assert [(f["index"], f["status"]) for f in result.json["failed"]] == [(0, 504), (2, 504)]
 
 
 def test_bad_parameters_never_reach_the_fanout(layout: Layout) -> None:
@@ -90,7 +110,8 @@ def test_bodies_that_cannot_be_read_are_4xx(layout: Layout, body: bytes, content
 
 
 @pytest.mark.parametrize(("failure", "status", "field"), [
-    (WorkerTierError(502, "Worker tier unavailable", "pool down"), 502, None),
+    (WorkerTierError(502, "Worker tier error", "bad answer"), 502, None),
+    (WorkerTierError(503, "Worker tier unavailable", "pool down", retry_after=5), 503, None),
     (WorkerTierError(504, "Worker tier timed out", "too slow"), 504, None),
     (WorkerTierError(400, "Invalid parameter", "length: too long", "length"), 400, "length"),
 ])
@@ -101,6 +122,56 @@ def test_worker_tier_failures_keep_their_status(layout: Layout, failure: WorkerT
     assert result.status_code == status
     assert result.json["description"] == failure.description
     assert result.json.get("field") == field
+    assert result.headers.get("retry-after") == (
+        str(failure.retry_after) if failure.retry_after else None)
+
+
+def test_past_the_inflight_bound_the_front_answers_503_at_once(
+        write_layout: LayoutFactory) -> None:
+    layout = load_layout(write_layout(front={"threads": 4, "max_inflight": 2}))
+    fanout = EchoFanout(hold=threading.Event())
+    app = client(layout, fanout)
+    answers: list[falcon.testing.Result] = []
+    held = [threading.Thread(target=lambda: answers.append(
+        app.simulate_post("/autocomplete", json={"context": "x", "n_samples": 1})))
+        for _ in range(2)]
+    for thread in held:
+        thread.start()
+    while len(fanout.seen) < 2:
+        time.sleep(0.01)
+
+    refused = app.simulate_post("/autocomplete", json={"context": "x", "n_samples": 1})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "front.max_inflight" in refused.json["description"]
+    assert app.simulate_get("/health").json["load"]["inflight"] == 2
+    fanout.hold.set()  # type: ignore[union-attr]
+    for thread in held:
+        thread.join(10)
+    assert [a.status_code for a in answers] == [200, 200]
+    load = app.simulate_get("/health").json["load"]
+    assert (load["inflight"], load["rejected"]) == (0, 1)
+    assert app.simulate_post("/autocomplete", json={"context": "x"}).status_code == 200
+
+
+def test_past_the_queued_samples_bound_the_front_answers_503(
+        write_layout: LayoutFactory) -> None:
+    # One worker, room for 2 waiting samples: 3 + 1 would leave 3 waiting.
+    layout = load_layout(write_layout(front={"max_queued_samples": 2}))
+    fanout = EchoFanout(hold=threading.Event())
+    app = client(layout, fanout)
+    first = threading.Thread(target=lambda: app.simulate_post(
+        "/autocomplete", json={"context": "x", "n_samples": 3}))
+    first.start()
+    while not fanout.seen:
+        time.sleep(0.01)
+    refused = app.simulate_post("/autocomplete", json={"context": "x", "n_samples": 1})
+    assert refused.status_code == 503 and "front.max_queued_samples" in refused.json[
+        "description"]
+    fanout.hold.set()  # type: ignore[union-attr]
+    first.join(10)
+    # Alone on its pool, a request goes through whatever its size.
+    assert app.simulate_post("/autocomplete",
+                             json={"context": "x", "n_samples": 8}).status_code == 200
 
 
 def test_an_unexpected_error_is_a_json_500_and_the_app_keeps_serving(layout: Layout) -> None:

@@ -24,15 +24,26 @@ class RunningTiers:
         self.layout = load_layout(layout_path)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
-        env = {**os.environ, LAYOUT_ENV: str(layout_path), "FANOUT_LOG_LEVEL": "info"}
+        self.log_dir = log_dir
+        self.env = {**os.environ, LAYOUT_ENV: str(layout_path), "FANOUT_LOG_LEVEL": "info"}
         for tier in tiers(self.layout):
-            if only is not None and tier.name not in only:
-                continue
-            self.logs[tier.name] = log_dir / f"{tier.name}.log"
-            with self.logs[tier.name].open("wb") as log:
-                self.processes[tier.name] = subprocess.Popen(
-                    tier.argv, env={**env, **tier.env}, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True)
+            if only is None or tier.name in only:
+                self.start(tier.name)
+
+    def start(self, name: str) -> None:
+        """Start one tier (``front`` or ``pool-NAME``); its log is appended to."""
+        tier = next(t for t in tiers(self.layout) if t.name == name)
+        self.logs[name] = self.log_dir / f"{name}.log"
+        with self.logs[name].open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                tier.argv, env={**self.env, **tier.env}, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+
+    def stop_tier(self, name: str) -> None:
+        """Stop one tier and all its workers, as an operator or a crash would."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
 
     @property
     def front_url(self) -> str:

@@ -107,32 +107,13 @@ def test_the_window_error_comes_from_the_worker_with_its_words(tiers: RunningTie
     assert "window of 256 tokens" in response.json()["description"]
 
 
-def test_a_pool_that_is_down_answers_502_at_once(tiers: RunningTiers) -> None:
+def test_a_pool_that_is_down_answers_503_at_once(tiers: RunningTiers) -> None:
     started = time.monotonic()
     response = autocomplete(tiers, {"context": "x", "model_size": "ghost"})
 
-    assert response.status_code == 502
-    assert "ghost" in response.json()["description"]
-    assert time.monotonic() - started < 5
-
-
-def test_hung_workers_give_504_within_the_deadline(tiers: RunningTiers) -> None:
-    pids = [int(pid) for pid in tiers.ready_slots("small").values()]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        started = time.monotonic()
-        response = autocomplete(tiers, {"context": "x", "max_time": 0.5})
-        elapsed = time.monotonic() - started
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-
-    assert response.status_code == 504, response.text
-    assert response.json()["title"] == "Worker tier timed out"
-    assert elapsed < 0.5 + 2.0 + 1.5  # max_time + network_slack + scheduling
-    # The stalled requests drain; the pool serves normally again.
-    assert autocomplete(tiers, {"context": "again", "n_samples": 3}).status_code == 200
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+    assert "'ghost' is down" in response.json()["description"]
+    assert time.monotonic() - started < 1.0
 
 
 def test_a_killed_worker_is_respawned_into_its_own_slot(tiers: RunningTiers) -> None:

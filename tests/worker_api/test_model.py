@@ -42,6 +42,18 @@ def test_finish_reasons(model: LanguageModel) -> None:
     assert timed_out.finish_reason == "time" and timed_out.tokens < 200
 
 
+def test_generation_stops_once_abandoned(model: LanguageModel) -> None:
+    asked = []
+
+    def abandoned() -> bool:  # the front hangs up after the third token
+        asked.append(1)
+        return len(asked) >= 3
+    done = model.generate(params(length=40, temperature=0, seed=1), abandoned=abandoned)
+    assert done.finish_reason == "abandoned" and done.tokens == 3
+    assert model.generate(params(length=40, temperature=0, seed=1),
+                          abandoned=lambda: False).tokens == 40
+
+
 def test_the_context_is_cut_from_the_front_to_fit(model: LanguageModel) -> None:
     long = model.generate(params(context="word " * 500, length=56, seed=1))
     assert long.context_tokens == model.window - 56 and long.tokens == 56

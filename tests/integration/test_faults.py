@@ -1,0 +1,198 @@
+"""Real faults against real tiers: workers killed, hung and gone, clients that leave,
+a pool that goes down, and more load than the front accepts.
+
+The model is a tiny random GPT-2 with a 2,048-token window, so a generation lasts as
+long as its ``max_time`` says: long enough to kill or stop its worker half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from fanout.ports import free_port
+from fanout.tiny_model import make_tiny_model
+from tests.conftest import layout_document
+from tests.integration.servers import RunningTiers
+
+pytestmark = pytest.mark.integration
+
+LONG = {"length": 2000}  # every long generation here ends by its max_time
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTiers]:
+    folder = tmp_path_factory.mktemp("faults")
+    model = make_tiny_model(folder / "long-window", window=2048)
+    document = layout_document(
+        model,
+        pools={"small": {"bind": f"127.0.0.1:{free_port()}",
+                         "slots": [{"device": "cpu", "threads": 1}] * 3}},
+        front={"bind": f"127.0.0.1:{free_port()}", "network_slack": 3.0, "threads": 6,
+               "max_inflight": 3, "max_queued_samples": 3},
+        generation={"limits": {"length": 2000, "max_time": 10.0}},
+    )
+    path = folder / "gpu_layout.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    running = RunningTiers(path, folder)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        for pid in running.ready_slots("small").values():
+            _signal(pid, signal.SIGCONT)  # never leave a stopped worker behind
+        running.stop()
+
+
+@pytest.fixture
+def tiers(faulty: RunningTiers) -> RunningTiers:
+    """The module's tiers, with every worker ready (a test may have killed one)."""
+    faulty.wait_ready()
+    return faulty
+
+
+def post(tiers: RunningTiers, **body: Any) -> requests.Response:
+    return requests.post(f"{tiers.front_url}/autocomplete", timeout=30,
+                         json={"context": "The nation", "seed": 1, **body})
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def while_posting(tiers: RunningTiers, delay: float, action: Any,
+                  **body: Any) -> tuple[requests.Response, float]:
+    """Send a request, do ``action`` ``delay`` seconds in, and return the answer."""
+    with ThreadPoolExecutor(1) as executor:
+        started = time.monotonic()
+        sent = executor.submit(post, tiers, **body)
+        time.sleep(delay)
+        action()
+        response = sent.result()
+    return response, time.monotonic() - started
+
+
+def test_a_worker_killed_mid_generation_costs_no_sample(tiers: RunningTiers) -> None:
+    victim = tiers.ready_slots("small")["0"]
+    response, _ = while_posting(tiers, 0.5, lambda: _signal(victim, signal.SIGKILL),
+                                n_samples=3, max_time=1.5, **LONG)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["partial"] is False and len(body["sentences"]) == 3
+    assert victim not in {s["worker"]["pid"] for s in body["sentences"]}
+    assert "sending the sample again" in tiers.logs["front"].read_text()
+    # The master respawns the worker into the same slot, and it serves again.
+    deadline = time.monotonic() + 60
+    while tiers.ready_slots("small").get("0") in (None, victim):
+        assert time.monotonic() < deadline, tiers.log_tail()
+        time.sleep(0.2)
+    pids = {s["worker"]["pid"] for s in post(tiers, n_samples=3, length=5).json()["sentences"]}
+    assert tiers.ready_slots("small")["0"] in pids and len(pids) == 3
+
+
+def test_a_hung_worker_leaves_a_partial_answer_by_the_deadline(tiers: RunningTiers) -> None:
+    stuck = tiers.ready_slots("small")["1"]
+    try:
+        response, elapsed = while_posting(tiers, 0.3, lambda: _signal(stuck, signal.SIGSTOP),
+                                          n_samples=3, max_time=1.0, **LONG)
+    finally:
+        _signal(stuck, signal.SIGCONT)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["partial"] is True and len(body["sentences"]) == 2
+    assert [f["status"] for f in body["failed"]] == [504]
+    assert stuck not in {s["worker"]["pid"] for s in body["sentences"]}
+    assert elapsed < 1.0 + 3.0 + 1.0  # max_time + network_slack + scheduling
+    # Resumed, the worker sees its sample was abandoned and serves again at once.
+    started = time.monotonic()
+    again = post(tiers, n_samples=3, length=5)
+    assert again.status_code == 200 and not again.json()["partial"]
+    assert time.monotonic() - started < 2.0
+
+
+def test_no_sample_by_the_deadline_is_a_504(tiers: RunningTiers) -> None:
+    workers = list(tiers.ready_slots("small").values())
+    for pid in workers:
+        _signal(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = post(tiers, n_samples=3, max_time=0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in workers:
+            _signal(pid, signal.SIGCONT)
+
+    assert response.status_code == 504
+    assert "none of 3 samples" in response.json()["description"]
+    assert elapsed < 0.5 + 3.0 + 1.0
+    started = time.monotonic()
+    assert post(tiers, n_samples=3, length=5).status_code == 200
+    assert time.monotonic() - started < 2.0  # the abandoned samples did not run on
+
+
+def test_a_client_that_leaves_leaves_no_work_behind(tiers: RunningTiers) -> None:
+    host, port = tiers.layout.front.bind.host, tiers.layout.front.bind.port
+    body = (b'{"context": "The nation", "n_samples": 3, "length": 2000, "max_time": 8}')
+    with socket.create_connection((host, port)) as editor:
+        editor.sendall(b"POST /autocomplete HTTP/1.1\r\nHost: x\r\n"
+                       b"Content-Type: application/json\r\n"
+                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.5)  # the three workers are generating for it now
+
+    started = time.monotonic()
+    response = post(tiers, n_samples=3, length=5)
+    # Had the workers gone on with the abandoned request, this would wait ~7.5 s.
+    assert response.status_code == 200 and time.monotonic() - started < 2.5
+    assert "client left" in tiers.logs["front"].read_text()
+
+
+def test_past_its_bounds_the_front_answers_503_at_once(tiers: RunningTiers) -> None:
+    # 3 workers, 3 queued samples: two requests of 3 long samples fill the pool.
+    def timed(_: int) -> tuple[int, float, str | None]:
+        started = time.monotonic()
+        response = post(tiers, n_samples=3, max_time=1.5, **LONG)
+        return response.status_code, time.monotonic() - started, \
+            response.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(5) as executor:
+        answers = list(executor.map(timed, range(5)))
+
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses == [200, 200, 503, 503, 503]
+    refused = [(elapsed, retry) for status, elapsed, retry in answers if status == 503]
+    assert all(elapsed < 1.0 and retry == "1" for elapsed, retry in refused)
+    health = requests.get(f"{tiers.front_url}/health", timeout=5).json()
+    assert health["load"]["inflight"] == 0 and health["load"]["rejected"] >= 3
+    assert post(tiers, n_samples=3, length=5).status_code == 200
+
+
+def test_a_pool_that_goes_down_is_a_prompt_503_and_comes_back(tiers: RunningTiers) -> None:
+    tiers.stop_tier("pool-small")
+    try:
+        started = time.monotonic()
+        response = post(tiers, n_samples=3)
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+        assert "'small' is down" in response.json()["description"]
+        health = requests.get(f"{tiers.front_url}/health", timeout=5)
+        assert health.status_code == 503
+        assert health.json()["pools"]["small"]["status"] == "down"
+    finally:
+        tiers.start("pool-small")
+    tiers.wait_ready()
+    assert post(tiers, n_samples=3, length=5).status_code == 200
+    assert requests.get(f"{tiers.front_url}/health", timeout=5).status_code == 200
