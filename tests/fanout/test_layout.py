@@ -94,6 +94,15 @@ _DELETE = object()
     ({"pools": {}}, "pools", "at least one pool"),
     ({"pools.Big Pool": {}}, "pools.Big Pool", "pool names are"),
     ({"front.threads": "many"}, "front.threads", "must be an integer"),
+    ({"front.threads": 4, "front.max_inflight": 4}, "front.max_inflight",
+     "must stay below front.threads"),
+    ({"front.max_queued_samples": -1}, "front.max_queued_samples", "outside 0.."),
+    ({"front.cors_origins": "https://a.example"}, "front.cors_origins", "must be a list"),
+    ({"front.cors_origins": ["https://a.example/editor"]}, "front.cors_origins[0]",
+     "is not an origin"),
+    ({"front.cors_origins": ["a.example"]}, "front.cors_origins[0]", "is not an origin"),
+    ({"front.api_keys_file": "./no-such-keys"}, "front.api_keys_file",
+     "is not a readable file"),
     ({"generation.defaults.top_p": 0}, "generation.defaults.top_p", "outside (0, 1]"),
     ({"generation.defaults.n_samples": 9}, "generation.defaults.n_samples", "outside 1..8"),
 ])
@@ -109,6 +118,19 @@ def test_every_problem_names_file_key_and_reason(
     assert caught.value.key == key
     assert problem in caught.value.problem
     assert str(caught.value).startswith(f"{path}: {key}: ")
+
+
+def test_admission_and_access_settings(write_layout: LayoutFactory, tmp_path: Path) -> None:
+    (tmp_path / "keys").write_text("k1\n")
+    layout = load_layout(write_layout(front={
+        "threads": 8, "max_queued_samples": 0, "api_keys_file": "keys",
+        "cors_origins": ["https://editor.example", "http://localhost:3000"]}))
+    front = layout.front
+    assert (front.max_inflight, front.max_queued_samples) == (7, 0)  # below the threads
+    assert front.cors_origins == ("https://editor.example", "http://localhost:3000")
+    assert front.api_keys_file == (tmp_path / "keys").resolve()
+    default = load_layout(write_layout()).front
+    assert (default.max_inflight, default.cors_origins, default.api_keys_file) == (12, (), None)
 
 
 def test_unreadable_and_invalid_files_are_layout_errors(tmp_path: Path) -> None:
