@@ -119,7 +119,8 @@ def step_layout(layout: Layout, pool: Pool, workers: int, path: Path) -> Layout:
     document = {
         "front": {"bind": f"127.0.0.1:{free_port()}", "threads": front.threads,
                   "max_samples": front.max_samples, "network_slack": front.network_slack,
-                  "max_body_bytes": front.max_body_bytes},
+                  "max_body_bytes": front.max_body_bytes, "max_inflight": front.max_inflight,
+                  "max_queued_samples": front.max_queued_samples},  # a private front: no keys
         "generation": {"defaults": asdict(layout.defaults), "limits": asdict(layout.limits)},
         "pools": {pool.name: {
             # load_layout made a folder absolute; a hub id stays an id.

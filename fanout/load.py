@@ -30,6 +30,8 @@ class Record:
     status: int  # HTTP status, or NO_ANSWER
     sentences: int  # completions in the answer
     error: str = ""  # why it failed, for a status alone does not say (timeout, bad body)
+    partial: bool = False  # a 200 missing samples that failed by the deadline
+    retry_after: float = 0.0  # what a 503 asked the user to wait
 
     @property
     def ok(self) -> bool:
@@ -66,6 +68,15 @@ class LoadResult:
     @property
     def errors(self) -> int:
         return self.requests - self.ok_requests
+
+    @property
+    def partial_answers(self) -> int:
+        return sum(r.ok and r.partial for r in self.records)
+
+    @property
+    def by_status(self) -> dict[int, int]:
+        """Every request by its status (NO_ANSWER for none): they add up to ``requests``."""
+        return dict(sorted(Counter(r.status for r in self.records).items()))
 
     @property
     def errors_by_status(self) -> dict[int, int]:
@@ -158,26 +169,32 @@ class _Load:
         with requests.Session() as session:
             session.trust_env = False  # the front is ours: no proxy or .netrc look-ups
             while self.take_ticket():
-                self.add(self.send(session, user))
-                pause = min(self.think, self.deadline - time.monotonic())
+                record = self.send(session, user)
+                self.add(record)
+                # A polite editor waits as long as a 503 asks before it tries again.
+                pause = min(max(self.think, record.retry_after),
+                            self.deadline - time.monotonic())
                 if pause > 0 and self.stop.wait(pause):
                     return
 
     def send(self, session: requests.Session, user: int) -> Record:
         started = time.monotonic()
-        status, sentences, error = NO_ANSWER, 0, ""
+        status, sentences, error, partial, retry_after = NO_ANSWER, 0, "", False, 0.0
         try:
             response = session.post(self.endpoint, json=self.body, timeout=self.timeout)
             status = response.status_code
             if status == 200:
-                sentences = len(response.json()["sentences"])
+                body = response.json()
+                sentences, partial = len(body["sentences"]), bool(body.get("partial"))
+            retry_after = _seconds(response.headers.get("Retry-After"))
         except requests.RequestException as exc:  # includes a body that is not JSON
             error = type(exc).__name__
         except (KeyError, TypeError, ValueError) as exc:
             error = f"answer without sentences ({exc!r})"
         return Record(user=user, started=started - self.origin,
                       latency=time.monotonic() - started, status=status,
-                      sentences=sentences if not error else 0, error=error)
+                      sentences=sentences if not error else 0, error=error,
+                      partial=partial, retry_after=retry_after)
 
     def add(self, record: Record) -> None:
         with self.lock:
@@ -186,3 +203,11 @@ class _Load:
                                    + record.latency)
             if self.on_record is not None:
                 self.on_record(record)
+
+
+def _seconds(header: str | None) -> float:
+    """A Retry-After in seconds (the HTTP-date form is not one the front sends)."""
+    try:
+        return max(0.0, float(header)) if header else 0.0
+    except ValueError:
+        return 0.0

@@ -1,0 +1,63 @@
+"""The soak tool for real, briefly: tiny model, more clients than the front admits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fanout.load import NO_ANSWER, LoadResult, Record
+from fanout.soak import growth, verdict
+from tests.conftest import LayoutFactory
+from tests.integration.test_capacity import processes_of
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
+
+
+def test_a_short_soak_balances_its_books(write_layout: LayoutFactory, tmp_path: Path) -> None:
+    layout = write_layout(
+        pools={"small": {"bind": "127.0.0.1:18101", "slots": ["cpu", "cpu"]}},
+        front={"threads": 3, "max_inflight": 2, "max_queued_samples": 0})
+    report_path = tmp_path / "soak.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--layout", str(layout), "--clients", "6",
+         "--duration", "4", "--warmup", "1", "--n-samples", "2", "--length", "5",
+         "--json", str(report_path), "--log", str(tmp_path / "tiers.log")],
+        capture_output=True, text=True, timeout=180)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    statuses = report["by_status"]
+    assert sum(statuses.values()) == report["load"]["requests"] > 0
+    assert set(statuses) == {"200", "503"}  # six clients, room for two: the rest refused
+    assert statuses["503"] == report["rejected_by_front"]
+    assert report["load"]["completions"] == 2 * statuses["200"]
+    names = set(report["memory"]["start_bytes"])
+    assert {"front master", "pool-small master"} <= names
+    assert sum(name.startswith("pool-small worker") for name in names) == 2
+    assert "PASSED" in done.stdout and "by status: 200:" in done.stdout
+    assert processes_of(tmp_path) == []
+
+
+def record(status: int, error: str = "") -> Record:
+    return Record(user=0, started=0.0, latency=0.1, status=status, sentences=3, error=error)
+
+
+def test_the_verdict_names_every_way_a_soak_fails() -> None:
+    result = LoadResult(users=1, think=0, duration=1, records=(
+        record(200), record(503), record(500), record(NO_ANSWER, "ReadTimeout")))
+    memory = growth({"front master": 100, "pool worker 7": 100},
+                    {"front master": 110, "pool worker 8": 100})
+    problems = verdict(result, memory, rejected_by_front=2, max_growth=5.0)
+
+    assert problems == [
+        "1 requests got no answer", "unexpected 5xx answers: {500: 1}",
+        "the front counted 2 503s, the clients 1", "memory grew 10.0% (limit 5%)",
+        "processes died during the soak: pool worker 7"]
+    clean = LoadResult(users=1, think=0, duration=1, records=(record(200), record(503)))
+    assert verdict(clean, growth({"a": 100}, {"a": 104}), 1, 5.0) == []
