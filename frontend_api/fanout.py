@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -36,6 +37,7 @@ from fanout.params import AutocompleteRequest, GenerationParams
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 2.0
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 HEALTH_TIMEOUT = 1.0
 # How often a waiting request looks at its client's connection.
 POLL_SECONDS = 0.05
@@ -172,9 +174,14 @@ class FanoutClient:
         # host's outbound traffic must not apply to them, and skipping those look-ups (done
         # on every request otherwise) takes a share of the front's per-sample overhead.
         self.session.trust_env = False
-        adapter = _CuttableAdapter(pool_connections=len(pools), pool_maxsize=threads,
-                                   max_retries=0)
-        self.session.mount("http://", adapter)
+        self.adapter = _CuttableAdapter(pool_connections=len(pools), pool_maxsize=threads,
+                                        max_retries=0)
+        self.session.mount("http://", self.adapter)
+        # Each sample's request is a copy of its pool's, prepared once, plus a body.
+        self.generate_requests = {
+            name: requests.Request("POST", f"{pool.bind.url}/generate",
+                                   headers=JSON_HEADERS).prepare()
+            for name, pool in pools.items()}
 
     def complete(self, request: AutocompleteRequest,
                  client_gone: Callable[[], bool] = _never) -> Gathered:
@@ -241,9 +248,13 @@ class FanoutClient:
         started = time.monotonic()
         _sending.cutter = cutter
         try:
-            response = self.session.post(
-                f"{pool.bind.url}/generate", json=params.to_json(),
-                timeout=(CONNECT_TIMEOUT, max(0.1, deadline - started)))
+            # Straight to the adapter: what Session.request adds (merging session and
+            # environment settings, cookies, redirects, hooks) has no use against our own
+            # worker tier and cost a third of the front's time per sample.
+            prepared = self.generate_requests[pool.name].copy()
+            prepared.prepare_body(data=json.dumps(params.to_json()).encode(), files=None)
+            response = self.adapter.send(prepared,
+                                         timeout=(CONNECT_TIMEOUT, max(0.1, deadline - started)))
         except requests.ConnectTimeout:
             raise _pool_down(pool, "did not accept a connection in time") from None
         except requests.Timeout:
