@@ -43,4 +43,5 @@ def test_a_short_bench_reports_every_strategy_consistently(tiny_model_dir: Path,
     overhead = figures["front_overhead"]
     assert overhead["requests"] == 20
     assert 0 < overhead["one_worker_hop_p50_ms"] < overhead["front_p50_ms"]
+    assert 0 < overhead["front_inside_p50_ms"] < overhead["front_p50_ms"]
     assert "front overhead" in run.stdout
