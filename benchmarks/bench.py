@@ -180,6 +180,14 @@ def running(layout: Layout, worker_app: str | None = None) -> Iterator[Superviso
         yield supervisor
 
 
+def client_session() -> requests.Session:
+    """The benchmark's own HTTP client, kept lean so that its cost is not the front's:
+    no proxy or .netrc look-ups from the environment on every request."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
 def autocomplete(session: requests.Session, url: str, params: GenerationParams,
                  n: int) -> dict[str, Any]:
     response = session.post(f"{url}/autocomplete", timeout=300,
@@ -193,7 +201,7 @@ def autocomplete(session: requests.Session, url: str, params: GenerationParams,
 def run_fanout(folder: Path, work: Workload) -> Result:
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as directory:
         layout = bench_layout(folder, work, Path(directory))
-        with running(layout) as supervisor, requests.Session() as session:
+        with running(layout) as supervisor, client_session() as session:
             url = layout.front.bind.url
 
             def one_request(params: GenerationParams) -> int:
@@ -213,7 +221,7 @@ def front_overhead(work: Workload, requests_count: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as directory:
         layout = bench_layout(None, work, Path(directory))
         with running(layout, "benchmarks.instant_worker:get_app()"), \
-                requests.Session() as session:
+                client_session() as session:
             front = replace(work, requests=requests_count, warmup=20)
             inside: list[float] = []  # the front's own clock: body read to answer built
 

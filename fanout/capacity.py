@@ -339,6 +339,9 @@ def explain(step: Step, settings: Settings) -> str:
     return said
 
 
+TIE_FRACTION = 0.05
+
+
 def recommend(steps: list[Step], settings: Settings) -> Recommendation:
     """The highest completions/s with no errors and p95 within the SLO; and why."""
     slo = settings.slo_p95
@@ -351,10 +354,18 @@ def recommend(steps: list[Step], settings: Settings) -> Recommendation:
         return Recommendation(None, f"no worker count kept p95 <= {slo:g} s without errors"
                                     f"{lowest}. Fewer users, a shorter --length or faster "
                                     "devices.")
-    # Ties go to fewer workers: the same throughput for less memory.
-    chosen = max(good, key=lambda s: (s.load.completions_per_second, -s.workers))
+    # Throughputs within TIE_FRACTION of the best are the same within a run's noise;
+    # among them the fewest workers win: the same service for less memory.
+    best = max(good, key=lambda s: (s.load.completions_per_second, -s.workers))
+    floor = best.load.completions_per_second * (1 - TIE_FRACTION)
+    chosen = min((s for s in good if s.load.completions_per_second >= floor),
+                 key=lambda s: s.workers)
     reasons = [f"{_workers(chosen.workers)}: {chosen.load.completions_per_second:.2f} "
                f"completions/s with p95 {chosen.p95:.2f} s <= SLO {slo:g} s and no errors."]
+    if chosen is not best:
+        reasons.append(f"{_workers(best.workers)} reached "
+                       f"{best.load.completions_per_second:.2f}/s, within "
+                       f"{TIE_FRACTION:.0%}: no gain worth the memory.")
     later = [s for s in steps if s.workers > chosen.workers]
     if later:
         reasons.append(_beyond(chosen, later[0], slo))
@@ -373,7 +384,7 @@ def _beyond(chosen: Step, after: Step, slo: float) -> str:
     if after.p95 is None or after.p95 > slo:
         p95 = "no answer" if after.p95 is None else f"{after.p95:.2f} s"
         return f"{_workers(after.workers)} broke the SLO (p95 {p95})."
-    # It met the SLO, so its throughput was no higher than the chosen one's.
+    # It met the SLO, so its throughput was at most TIE_FRACTION above the chosen one's.
     base = chosen.load.completions_per_second
     gain = after.load.completions_per_second / base - 1 if base else 0.0
     return (f"Workers saturated: {_workers(after.workers)} changed throughput by {gain:+.0%}"

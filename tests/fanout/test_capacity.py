@@ -51,7 +51,7 @@ def test_the_highest_throughput_within_the_slo_is_recommended() -> None:
 
 
 def test_errors_disqualify_and_flat_throughput_reads_as_saturation() -> None:
-    steps = [step(1, 30, 0.3), step(2, 31, 0.6), step(3, 40, 0.5, errors=1)]
+    steps = [step(1, 20, 0.3), step(2, 31, 0.6), step(3, 40, 0.5, errors=1)]
     choice = recommend(steps, SETTINGS)
     assert choice.workers == 2
     assert choice.reason.startswith("2 workers: 9.30 completions/s with p95 0.60 s")
@@ -60,6 +60,13 @@ def test_errors_disqualify_and_flat_throughput_reads_as_saturation() -> None:
     assert flat.workers == 1  # a tie goes to fewer workers
     assert "Workers saturated: 2 workers changed throughput by +0% while p95 went from " \
            "0.30 s to 0.70 s" in flat.reason
+
+
+def test_throughput_within_noise_of_the_best_goes_to_fewer_workers() -> None:
+    choice = recommend([step(1, 20, 0.4), step(2, 38, 0.5), step(3, 39, 0.6)], SETTINGS)
+    assert choice.workers == 2
+    assert "3 workers reached 11.70/s, within 5%: no gain worth the memory" in choice.reason
+    assert "3 workers changed throughput by +3%" in choice.reason
 
 
 def test_no_recommendation_when_nothing_meets_the_slo() -> None:
