@@ -82,6 +82,15 @@ def unexpected_error(req: falcon.Request, resp: falcon.Response, exc: Exception,
         description="the server hit an unexpected error; it has been logged")
 
 
+def serialize_error(req: falcon.Request, resp: falcon.Response,
+                    exc: falcon.HTTPError) -> None:
+    """Every error as JSON, whatever the client's Accept asks (Falcon would send XML to
+    some), and ASCII-escaped: no text a request brings can make an error unencodable."""
+    resp.content_type = JSON_TYPE
+    resp.data = json.dumps(exc.to_dict(), ensure_ascii=True).encode("ascii")
+
+
 def add_error_handlers(app: falcon.App) -> None:
     app.add_error_handler(Exception, unexpected_error)
     app.add_error_handler(ParamError, param_error)
+    app.set_error_serializer(serialize_error)

@@ -21,6 +21,7 @@ DEFAULT_LAYOUT = Path(__file__).resolve().parent.parent / "gpu_layout.yaml"
 LAYOUT_ENV = "FANOUT_LAYOUT"
 FRONT_BIND_ENV = "FANOUT_FRONT_BIND"
 POOL_ENV = "FANOUT_POOL"  # which pool a worker-tier server runs
+API_KEYS_ENV = "FANOUT_API_KEYS"  # the front's API keys, comma-separated (frontend_api.access)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 _DEVICE = re.compile(r"^(cpu|cuda:(0|[1-9][0-9]*))$")

@@ -13,7 +13,13 @@ from typing import Any
 
 from fanout.layout import GenerationDefaults, GenerationLimits
 
+# Bounds that are the same for every layout; GET /openapi.json publishes them too.
 MAX_SEED = 2**63 - 1
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 1_000_000
+MAX_CONTEXT_TOKENS = 1_000_000
+# An error repeats a bad value up to this many characters: 10**4000 is no message.
+_SHOWN_CHARS = 40
 
 
 class ParamError(ValueError):
@@ -66,6 +72,17 @@ GENERATION_FIELDS = frozenset(
 AUTOCOMPLETE_FIELDS = GENERATION_FIELDS | {"model_size", "n_samples"}
 
 
+def generation_body_limit(limits: GenerationLimits, front_max_body_bytes: int) -> int:
+    """The body size a worker must take: the largest ``/generate`` body the front sends.
+
+    The front writes the context back out as JSON, where one byte of context can take six
+    ("\\u0000"; an "é" sent as UTF-8 takes three as "\\u00e9"): a context the front took
+    within ``limits.context_bytes`` must not then be too large for the worker.
+    """
+    other_fields = 1024  # seven more numbers and their names, with room to spare
+    return max(front_max_body_bytes, 6 * limits.context_bytes + other_fields)
+
+
 def parse_generation(body: Any, defaults: GenerationDefaults,
                      limits: GenerationLimits) -> GenerationParams:
     """Check a worker ``/generate`` body."""
@@ -93,33 +110,46 @@ def _generation(fields: _Fields, defaults: GenerationDefaults,
     return GenerationParams(
         context=context,
         length=fields.integer("length", defaults.length, 1, limits.length),
-        temperature=fields.number("temperature", defaults.temperature, 0.0, 100.0),
-        top_k=fields.integer("top_k", defaults.top_k, 0, 1_000_000),
+        temperature=fields.number("temperature", defaults.temperature, 0.0, MAX_TEMPERATURE),
+        top_k=fields.integer("top_k", defaults.top_k, 0, MAX_TOP_K),
         top_p=fields.number("top_p", defaults.top_p, 0.0, 1.0, low_open=True),
         max_time=fields.number("max_time", defaults.max_time, 0.0, limits.max_time,
                                low_open=True),
-        max_tokens=fields.optional_integer("max_tokens", 1, 1_000_000),
+        max_tokens=fields.optional_integer("max_tokens", 1, MAX_CONTEXT_TOKENS),
         seed=fields.optional_integer("seed", 0, MAX_SEED),
     )
 
 
 class _Fields:
-    """Typed access to a JSON object's fields, raising :class:`ParamError` by field name."""
+    """Typed access to a JSON object's fields, raising :class:`ParamError` by field name.
+
+    A field sent as ``null`` counts as left out, so it takes its default.
+    """
 
     def __init__(self, body: Any, allowed: frozenset[str]) -> None:
         if not isinstance(body, dict):
             raise ParamError("body", f"must be a JSON object, not {_json_type(body)}")
         unknown = sorted(set(body) - allowed)
         if unknown:
-            raise ParamError(unknown[0], f"unknown field (allowed: {', '.join(sorted(allowed))})")
+            raise ParamError(_encodable(unknown[0]),
+                             f"unknown field (allowed: {', '.join(sorted(allowed))})")
         self.body = body
 
     def string(self, name: str, default: str | None = None) -> str:
-        value = self.body.get(name, default)
+        value = self.body.get(name)
+        if value is None:
+            value = default
         if value is None:
             raise ParamError(name, "is required")
         if not isinstance(value, str):
             raise ParamError(name, f"must be a string, not {_json_type(value)}")
+        # JSON may escape half a surrogate pair ("\ud800"): that is no text, and no
+        # tokenizer, byte count or UTF-8 answer can take it.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ParamError(name, f"is not valid Unicode: a lone surrogate at character "
+                                   f"{exc.start}") from None
         return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
@@ -130,10 +160,13 @@ class _Fields:
         value = self.body.get(name)
         if value is None:
             return None
+        # JSON has numbers, not integers: 20.0 is 20, as JSON Schema and JavaScript agree.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParamError(name, f"must be an integer, not {_json_type(value)}")
         if not low <= value <= high:
-            raise ParamError(name, f"must be between {low} and {high}, not {value}")
+            raise ParamError(name, f"must be between {low} and {high}, not {_shown(value)}")
         return value
 
     def number(self, name: str, default: float, low: float, high: float,
@@ -143,15 +176,34 @@ class _Fields:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ParamError(name, f"must be a number, not {_json_type(value)}")
-        if not math.isfinite(value):
-            raise ParamError(name, "must be a finite number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParamError(name, f"must be a finite number, not {_json_type(value)}")
+        # Compared as sent: Python compares int and float exactly, whereas float(10**400)
+        # would overflow.
         if (value <= low if low_open else value < low) or value > high:
             lower = f"above {low:g}" if low_open else f"at least {low:g}"
-            raise ParamError(name, f"must be {lower} and at most {high:g}, not {value:g}")
+            raise ParamError(name, f"must be {lower} and at most {high:g}, "
+                                   f"not {_shown(value)}")
         return float(value)
 
 
+def _shown(value: int | float) -> str:
+    """A bad number as an error message repeats it: 10**4000 shortened."""
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    if len(text) > _SHOWN_CHARS:
+        text = f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+    return _encodable(text)
+
+
+def _encodable(text: str) -> str:
+    """``text`` with any lone surrogate escaped, so that an error can repeat it as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _json_type(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        # Python's json reads NaN and Infinity, which JSON itself does not have.
+        return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
              int: "an integer", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)

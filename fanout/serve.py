@@ -24,7 +24,15 @@ from typing import IO
 
 import requests
 
-from fanout.layout import LAYOUT_ENV, Layout, LayoutError, describe, load_layout
+from fanout.layout import (
+    API_KEYS_ENV,
+    FRONT_BIND_ENV,
+    LAYOUT_ENV,
+    Layout,
+    LayoutError,
+    describe,
+    load_layout,
+)
 from fanout.memory_fit import oversubscription_warnings
 from fanout.tiers import Tier, tiers
 
@@ -49,17 +57,20 @@ def _say(line: str) -> None:
 
 class Supervisor:
     def __init__(self, layout: Layout, tier_list: list[Tier] | None = None,
-                 output: IO[bytes] | None = None, say: Callable[[str], None] = _say) -> None:
+                 output: IO[bytes] | None = None, say: Callable[[str], None] = _say,
+                 env_drop: tuple[str, ...] = ()) -> None:
         """``tier_list`` replaces the layout's tiers (benchmarks swap in stand-ins);
         ``output`` takes the tiers' logs and ``say`` this supervisor's own lines, instead
-        of this process's stdout."""
+        of this process's stdout; ``env_drop`` names variables the tiers must not see."""
         self.layout = layout
+        self.env_drop = env_drop
         self.tier_list = tier_list if tier_list is not None else tiers(layout)
         self.output, self.say = output, say
         self.running: dict[str, tuple[Tier, subprocess.Popen[bytes]]] = {}
 
     def start(self) -> None:
-        env_base = {**os.environ, LAYOUT_ENV: str(self.layout.source)}
+        env_base = {**{k: v for k, v in os.environ.items() if k not in self.env_drop},
+                    LAYOUT_ENV: str(self.layout.source)}
         for tier in self.tier_list:
             process = subprocess.Popen(tier.argv, env={**env_base, **tier.env},
                                        stdout=self.output, stderr=self.output,
@@ -124,7 +135,10 @@ def running_tiers(layout: Layout, log_path: Path, timeout: float,
             log.write(f"fanout: {line}\n".encode())
             log.flush()
 
-        supervisor = Supervisor(layout, tier_list, output=log, say=say)
+        # The tools' tiers are private, on free ports, and their clients carry no key:
+        # the shell's front address and API keys are for the server it runs, not these.
+        supervisor = Supervisor(layout, tier_list, output=log, say=say,
+                                env_drop=(FRONT_BIND_ENV, API_KEYS_ENV))
         try:
             supervisor.start()
             try:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import falcon
 
 from fanout.http import FieldError, add_error_handlers
 from fanout.layout import Layout, load_layout
+from frontend_api.access import API_KEYS_ENV, ApiKeys, access_middleware, log_policy, read_api_keys
 from frontend_api.admission import Admission
 from frontend_api.fanout import ClientGone, FanoutClient, WorkerTierError
+from frontend_api.openapi import OpenAPIDocument
 from frontend_api.resources import Autocomplete, EditorPage, Fanout, Health, Models
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -33,8 +36,9 @@ def client_gone(req: falcon.Request, resp: falcon.Response, exc: ClientGone,
     raise falcon.HTTPError("499 Client Closed Request", title="Client closed request")
 
 
-def create_app(layout: Layout, fanout: Fanout) -> falcon.App:
-    app = falcon.App()
+def create_app(layout: Layout, fanout: Fanout, api_keys: ApiKeys | None = None) -> falcon.App:
+    app = falcon.App(middleware=access_middleware(layout.front.cors_origins,
+                                                  api_keys or ApiKeys()))
     add_error_handlers(app)
     app.add_error_handler(WorkerTierError, worker_tier_error)
     app.add_error_handler(ClientGone, client_gone)
@@ -42,6 +46,7 @@ def create_app(layout: Layout, fanout: Fanout) -> falcon.App:
     app.add_route("/autocomplete", Autocomplete(fanout, layout, admission))
     app.add_route("/models", Models(layout))
     app.add_route("/health", Health(fanout, admission))
+    app.add_route("/openapi.json", OpenAPIDocument(layout))
     app.add_route("/", EditorPage(STATIC / "index.html"))
     app.add_static_route("/static", str(STATIC))
     return app
@@ -53,4 +58,6 @@ def get_app() -> falcon.App:
     # Every front thread may be waiting on up to max_samples worker requests at once.
     client = FanoutClient(layout.pools, threads=front.threads * front.max_samples,
                           network_slack=front.network_slack)
-    return create_app(layout, client)
+    api_keys = read_api_keys(os.environ.get(API_KEYS_ENV), front.api_keys_file)
+    log_policy(front, api_keys)
+    return create_app(layout, client, api_keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,16 @@ from typing import Any
 import pytest
 import yaml
 
+from fanout.layout import API_KEYS_ENV, FRONT_BIND_ENV, LAYOUT_ENV
 from fanout.tiny_model import make_tiny_model
 
 LayoutFactory = Callable[..., Path]
 REPO = Path(__file__).resolve().parents[1]
+
+# The suite starts servers of its own: a layout, front address or API keys exported in
+# the developer's shell must not reach them (tests that want one set it themselves).
+for _variable in (LAYOUT_ENV, FRONT_BIND_ENV, API_KEYS_ENV):
+    os.environ.pop(_variable, None)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import falcon
 
 from fanout.http import add_error_handlers
 from fanout.layout import POOL_ENV, Layout, Pool, load_layout
+from fanout.params import generation_body_limit
 from worker_api.resources import Generate, Generator, Health, Info, ReadySlots, WorkerIdentity
 from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard
 
@@ -26,8 +27,9 @@ def create_app(model: Generator, layout: Layout, identity: WorkerIdentity,
                board: ReadySlots) -> falcon.App:
     app = falcon.App()
     add_error_handlers(app)
+    body_limit = generation_body_limit(layout.limits, layout.front.max_body_bytes)
     app.add_route("/generate", Generate(model, identity, layout.defaults, layout.limits,
-                                        layout.front.max_body_bytes))
+                                        body_limit))
     app.add_route("/health", Health(model, identity, board))
     app.add_route("/info", Info(model, identity))
     return app

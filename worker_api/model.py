@@ -33,6 +33,9 @@ from fanout.params import MAX_SEED, GenerationParams, ParamError
 hf_logging.disable_progress_bar()
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Dividing the logits by a temperature this small (1e-40, say) overflows them to inf and
+# sampling fails on NaN probabilities; that close to 0 it is greedy decoding anyway.
+MIN_SAMPLING_TEMPERATURE = 1e-6
 
 
 class ModelLoadError(RuntimeError):
@@ -159,7 +162,8 @@ class LanguageModel:
         torch.manual_seed(seed)  # sync workers run one request at a time: global RNG is safe
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": params.temperature, "top_k": params.top_k,
-             "top_p": params.top_p} if params.temperature > 0 else {"do_sample": False})
+             "top_p": params.top_p}
+            if params.temperature >= MIN_SAMPLING_TEMPERATURE else {"do_sample": False})
         output = self.model.generate(  # type: ignore[operator]
             input_ids,
             attention_mask=torch.ones_like(input_ids),

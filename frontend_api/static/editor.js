@@ -3,7 +3,8 @@
 // localStorage, so a reload or a failed request never loses what was written.
 "use strict";
 
-const STORE = { document: "fanout.document", settings: "fanout.settings" };
+// The API key is kept apart from the settings: those are spread into the request body.
+const STORE = { document: "fanout.document", settings: "fanout.settings", apiKey: "fanout.apiKey" };
 const NUMBER_FIELDS = ["n_samples", "length", "temperature", "top_k", "top_p"];
 
 const editor = document.getElementById("document");
@@ -12,12 +13,15 @@ const statusLine = document.getElementById("status");
 const form = document.getElementById("settings-form");
 const modelSelect = document.getElementById("model");
 const modelName = document.getElementById("model-name");
+const apiKeyInput = document.getElementById("api-key");
+const settingsPanel = document.getElementById("settings");
 
 let inFlight = null;      // the AbortController of the request being waited on
 let suggestions = [];     // [{value, time}] shown in the list
 let selected = -1;        // index of the highlighted suggestion
 let anchor = 0;           // caret position the suggestions continue from
 let leaveOnTab = false;   // Esc with nothing open, then Tab: move focus on (no keyboard trap)
+let preferredModel;      // the model saved in the settings, until the list of models loads
 
 // ---- settings and document persistence -------------------------------------------
 
@@ -46,9 +50,31 @@ function restoreSettings() {
 
 function saveDocument() { localStorage.setItem(STORE.document, editor.value); }
 
+function saveApiKey() { localStorage.setItem(STORE.apiKey, apiKeyInput.value.trim()); }
+
 // ---- talking to the front API -----------------------------------------------------
 
+// Only when a key is set: a server without keys never sees an Authorization header.
+function authHeaders() {
+  const key = apiKeyInput.value.trim();
+  if (!key) return {};
+  // fetch() throws a bare TypeError on such a header; say what is wrong instead.
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    throw new Error("The API key can hold only letters, digits and ASCII symbols: "
+                    + "check it in Settings.");
+  }
+  return { Authorization: `Bearer ${key}` };
+}
+
+function keyMessage() {
+  settingsPanel.open = true;  // the field the message points to
+  return apiKeyInput.value.trim()
+    ? "This server refused the API key: check it in Settings. Your text is safe."
+    : "This server needs an API key: set it in Settings. Your text is safe.";
+}
+
 async function errorMessage(response) {
+  if (response.status === 401) return keyMessage();
   let detail = "";
   try {
     const body = await response.json();
@@ -62,7 +88,7 @@ async function errorMessage(response) {
 
 async function loadModels(preferred) {
   try {
-    const response = await fetch("/models");
+    const response = await fetch("/models", { headers: authHeaders() });
     if (!response.ok) throw new Error(await errorMessage(response));
     const body = await response.json();
     modelSelect.replaceChildren(...body.models.map((model) => {
@@ -87,7 +113,7 @@ async function requestSuggestions() {
   try {
     const response = await fetch("/autocomplete", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({ context: editor.value.slice(0, anchor), ...readSettings() }),
       signal: controller.signal,
     });
@@ -225,6 +251,11 @@ editor.addEventListener("blur", () => setTimeout(() => {
 }, 150));
 
 form.addEventListener("change", saveSettings);
+apiKeyInput.addEventListener("change", () => {
+  saveApiKey();
+  showStatus("");
+  loadModels(modelSelect.value || preferredModel);  // the list a missing key kept empty
+});
 form.addEventListener("submit", (event) => event.preventDefault());
 
 // ---- start ------------------------------------------------------------------------
@@ -232,4 +263,6 @@ form.addEventListener("submit", (event) => event.preventDefault());
 editor.value = localStorage.getItem(STORE.document) || "";
 editor.setSelectionRange(editor.value.length, editor.value.length);
 editor.focus();
-loadModels(restoreSettings());
+apiKeyInput.value = localStorage.getItem(STORE.apiKey) || "";
+preferredModel = restoreSettings();
+loadModels(preferredModel);

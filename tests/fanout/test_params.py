@@ -40,6 +40,15 @@ def test_integers_are_accepted_where_numbers_are_expected() -> None:
     assert params.temperature == 0.0 and params.max_time == 2.0
 
 
+def test_integral_numbers_are_integers_and_null_is_left_out() -> None:
+    # JSON has one number type: 3.0 is 3 (as JSON Schema and JavaScript see it).
+    request = autocomplete({"context": "x", "n_samples": 3.0, "seed": 1e3, "length": None,
+                            "model_size": None})
+    assert (request.n_samples, request.params.seed) == (3, 1000)
+    assert isinstance(request.n_samples, int) and isinstance(request.params.seed, int)
+    assert request.params.length == DEFAULTS.length and request.model_size == "small"
+
+
 @pytest.mark.parametrize(("body", "field", "status", "reason"), [
     ({}, "context", 400, "is required"),
     ({"context": 3}, "context", 400, "must be a string"),
@@ -51,6 +60,10 @@ def test_integers_are_accepted_where_numbers_are_expected() -> None:
     ({"context": "x", "temperature": float("nan")}, "temperature", 400, "finite"),
     ({"context": "x", "temperature": float("inf")}, "temperature", 400, "finite"),
     ({"context": "x", "temperature": -1}, "temperature", 400, "at least 0"),
+    ({"context": "x", "temperature": 10**400}, "temperature", 400, "(401 characters)"),
+    ({"context": "x", "length": float("inf")}, "length", 400, "not Infinity"),
+    ({"context": "x\ud800"}, "context", 400, "lone surrogate at character 1"),
+    ({"context": "x", "\udc00": 1}, "\\udc00", 400, "unknown field"),
     ({"context": "x", "top_p": 0}, "top_p", 400, "above 0"),
     ({"context": "x", "max_time": 11}, "max_time", 400, "at most 10"),
     ({"context": "x", "seed": -1}, "seed", 400, "between 0 and"),

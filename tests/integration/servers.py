@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,15 @@ READY_SECONDS = 120.0
 class RunningTiers:
     """The gunicorn masters of a layout, started and stopped together."""
 
-    def __init__(self, layout_path: Path, log_dir: Path, only: set[str] | None = None) -> None:
+    def __init__(self, layout_path: Path, log_dir: Path, only: set[str] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        """``env`` adds to the environment every tier starts with (e.g. ``FANOUT_API_KEYS``)."""
         self.layout = load_layout(layout_path)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         self.log_dir = log_dir
-        self.env = {**os.environ, LAYOUT_ENV: str(layout_path), "FANOUT_LOG_LEVEL": "info"}
+        self.env = {**os.environ, LAYOUT_ENV: str(layout_path), "FANOUT_LOG_LEVEL": "info",
+                    **(env or {})}
         for tier in tiers(self.layout):
             if only is None or tier.name in only:
                 self.start(tier.name)
@@ -64,7 +68,8 @@ class RunningTiers:
                     raise TimeoutError(f"pool {name} not ready:\n{self.log_tail()}")
                 time.sleep(0.2)
         if "front" in self.processes:
-            while not _answers(f"{self.front_url}/models"):
+            # The editor page: served once the app is loaded, and open even with API keys.
+            while not _answers(f"{self.front_url}/"):
                 self._check_alive()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"front not ready:\n{self.log_tail()}")

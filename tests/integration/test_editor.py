@@ -157,7 +157,7 @@ def test_with_the_worker_tier_down_the_editor_says_so_and_keeps_the_text(
     page.keyboard.press("Tab")
 
     expect(page.locator("#status")).to_have_class("error")
-    expect(page.locator("#status")).to_contain_text("502")
+    expect(page.locator("#status")).to_contain_text("503")
     expect(page.locator("#status")).to_contain_text("Your text is safe")
     assert page.locator("#document").input_value() == "Nothing is lost"
     page.reload()

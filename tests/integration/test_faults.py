@@ -7,6 +7,7 @@ long as its ``max_time`` says: long enough to kill or stop its worker half-way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -66,10 +67,8 @@ def post(tiers: RunningTiers, **body: Any) -> requests.Response:
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def while_posting(tiers: RunningTiers, delay: float, action: Any,

@@ -71,6 +71,14 @@ def test_greedy_decoding_at_temperature_zero(model: LanguageModel) -> None:
         model.generate(params(temperature=0, seed=2)).text)
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-40])
+def test_a_vanishing_temperature_is_greedy_not_an_error(model: LanguageModel,
+                                                        temperature: float) -> None:
+    # Sampling at these would divide the logits into inf and fail on NaN probabilities.
+    assert model.generate(params(temperature=temperature, length=5, seed=3)).text == (
+        model.generate(params(temperature=0, length=5, seed=3)).text)
+
+
 def test_pickle_weights_are_refused_unless_allowed(tiny_model_dir: Path,
                                                    tmp_path: Path) -> None:
     import torch

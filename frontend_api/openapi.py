@@ -1,0 +1,261 @@
+"""The front's OpenAPI 3.1 description, built once at start-up from the layout it serves.
+
+Every limit, default and pool name comes from the loaded :class:`~fanout.layout.Layout`
+and the bounds in :mod:`fanout.params`, so the document states the rules this server
+applies rather than a hand-kept copy of them; ``GET /openapi.json`` serves it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+
+from fanout import params
+from fanout.layout import Layout
+
+OPENAPI_VERSION = "3.1.0"
+JSON = "application/json"
+BEARER = "bearerAuth"
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _optional(schema: Schema, default: Any) -> Schema:
+    """A field a client may leave out or send as ``null``: both mean the default."""
+    kind = schema["type"]
+    described = {**schema, "type": [kind, "null"]}
+    if default is not None:
+        described["default"] = default
+    return described
+
+
+def _integer(low: int, high: int, default: int | None, about: str) -> Schema:
+    return _optional({"type": "integer", "minimum": low, "maximum": high,
+                      "description": about}, default)
+
+
+def _number(low: float, high: float, default: float, about: str,
+            low_open: bool = False) -> Schema:
+    bound = {"exclusiveMinimum": low} if low_open else {"minimum": low}
+    return _optional({"type": "number", **bound, "maximum": high, "description": about},
+                     default)
+
+
+def request_schema(layout: Layout) -> Schema:
+    """``POST /autocomplete``'s body: the bounds ``fanout.params.parse_autocomplete`` checks."""
+    defaults, limits = layout.defaults, layout.limits
+    pools = list(layout.pools)
+    return {
+        "type": "object",
+        "required": ["context"],
+        "additionalProperties": False,
+        "properties": {
+            # JSON Schema counts characters, the server bytes: maxLength is the loosest
+            # bound that every accepted context meets; the description says the rule.
+            "context": {"type": "string", "maxLength": limits.context_bytes,
+                        "description": f"The text to continue: at most {limits.context_bytes} "
+                                       "bytes of UTF-8 (413 past it). Cut from the front "
+                                       "to fit the model's window."},
+            "model_size": {"type": ["string", "null"], "enum": [*pools, None],
+                           "default": layout.default_pool.name,
+                           "description": "The pool that answers (see GET /models); "
+                                          "404 for a name that is none of them."},
+            "n_samples": _integer(1, layout.front.max_samples, defaults.n_samples,
+                                  "Completions to return, each from its own worker."),
+            "length": _integer(1, limits.length, defaults.length,
+                               "New tokens per completion; it must also stay below the "
+                               "model's window (400 from the worker tier otherwise)."),
+            "temperature": _number(0.0, params.MAX_TEMPERATURE, defaults.temperature,
+                                   "Sampling temperature; 0 means greedy decoding."),
+            "top_k": _integer(0, params.MAX_TOP_K, defaults.top_k,
+                              "Sample from the k likeliest tokens; 0 disables top-k."),
+            "top_p": _number(0.0, 1.0, defaults.top_p, "Nucleus sampling.", low_open=True),
+            "max_time": _number(0.0, limits.max_time, defaults.max_time,
+                                "Seconds; a completion stops early when they run out "
+                                "(finish_reason 'time').", low_open=True),
+            "max_tokens": _integer(1, params.MAX_CONTEXT_TOKENS, None,
+                                   "Context tokens to feed at most (the end of the context "
+                                   "is kept); default: as many as fit the window."),
+            "seed": _integer(0, params.MAX_SEED, None,
+                             "Sample i uses seed + i, so a request can be repeated; "
+                             "default: random."),
+        },
+    }
+
+
+def _schemas(layout: Layout) -> dict[str, Schema]:
+    pools = list(layout.pools)
+    integer, number, string = {"type": "integer"}, {"type": "number"}, {"type": "string"}
+    return {
+        "AutocompleteRequest": request_schema(layout),
+        "Worker": {"type": "object", "required": ["pid", "slot", "device", "pool"],
+                   "properties": {"pid": integer, "slot": integer, "device": string,
+                                  "pool": {"type": "string", "enum": pools}}},
+        "Sentence": {
+            "type": "object",
+            "required": ["value", "time", "tokens", "finish_reason", "seed", "worker"],
+            "properties": {
+                "value": string, "time": {**number, "minimum": 0},
+                "tokens": {**integer, "minimum": 0},
+                "finish_reason": {"type": "string", "enum": ["length", "stop", "time"],
+                                  "description": "length: all tokens; stop: the model "
+                                                 "ended the text; time: max_time ran out"},
+                "seed": {**integer, "minimum": 0, "maximum": params.MAX_SEED},
+                "worker": _ref("Worker"),
+            },
+        },
+        "FailedSample": {"type": "object", "required": ["index", "status", "reason"],
+                         "properties": {"index": {**integer, "minimum": 0},
+                                        "status": {**integer, "minimum": 500, "maximum": 599,
+                                                   "description": "502 or 504"},
+                                        "reason": string}},
+        "Autocompletion": {
+            "type": "object",
+            "required": ["sentences", "model_size", "time", "partial", "failed"],
+            "properties": {
+                "sentences": {"type": "array", "items": _ref("Sentence"),
+                              "maxItems": layout.front.max_samples},
+                "model_size": {"type": "string", "enum": pools},
+                "time": {**number, "minimum": 0},
+                "partial": {"type": "boolean",
+                            "description": "true when some samples failed by the deadline"},
+                "failed": {"type": "array", "items": _ref("FailedSample")},
+            },
+        },
+        "Models": {
+            "type": "object", "required": ["default", "models"],
+            "properties": {
+                "default": {"type": "string", "enum": pools},
+                "models": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "model", "dtype", "workers", "devices"],
+                    "properties": {"name": {"type": "string", "enum": pools}, "model": string,
+                                   "dtype": string, "workers": {**integer, "minimum": 1},
+                                   "devices": {"type": "array", "items": string}}}},
+            },
+        },
+        "Health": {
+            "type": "object", "required": ["status", "pools"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "degraded", "down"]},
+                "pools": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["status"],
+                    "properties": {"status": {"type": "string",
+                                              "enum": ["ok", "degraded", "down"]},
+                                   "ready_workers": integer, "workers": integer}}},
+                "load": {"type": "object"},
+            },
+        },
+        "Error": {
+            "type": "object", "required": ["title", "description"],
+            "properties": {"title": string, "description": string,
+                           "field": {"type": "string",
+                                     "description": "the request field at fault, when one is"}},
+        },
+    }
+
+
+# Status -> when the front answers it: the README's error table, for POST /autocomplete.
+_ERRORS = {
+    "400": "Body not JSON, not UTF-8, empty or nested too deeply; a field of the wrong "
+           "type, out of range, NaN/Infinity or unknown; length past the model's window.",
+    "401": "API keys are configured and the request has none, or a wrong one.",
+    "404": "model_size names no pool.",
+    "413": "Body over front.max_body_bytes, or context over limits.context_bytes.",
+    "415": "Content-Type is not application/json.",
+    "502": "The pool's workers failed every sample.",
+    "503": "The pool is down, or the front is at its bounds (front.max_inflight, "
+           "front.max_queued_samples): retry after Retry-After seconds.",
+    "504": "No sample arrived within max_time + front.network_slack.",
+}
+
+
+def _json(schema: Schema, description: str, **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
+
+
+def _error(status: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if status == "503":
+        extra["headers"] = {"Retry-After": {"required": True, "description": "seconds",
+                                            "schema": {"type": "integer", "minimum": 0}}}
+    if status == "401":
+        extra["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
+                                                 "description": "the Bearer challenge"}}
+    return _json(_ref("Error"), _ERRORS[status], **extra)
+
+
+def _paths() -> dict[str, Any]:
+    # Either scheme list entry satisfies OpenAPI: a key, or none while none is configured.
+    keyed: list[dict[str, list[str]]] = [{BEARER: []}, {}]
+    return {
+        "/autocomplete": {"post": {
+            "operationId": "autocomplete",
+            "summary": "n_samples completions of context, generated in parallel",
+            "security": keyed,
+            "requestBody": {"required": True, "content": {
+                JSON: {"schema": _ref("AutocompleteRequest")}}},
+            "responses": {"200": _json(_ref("Autocompletion"), "The completions (partial "
+                                       "when some samples failed by the deadline)."),
+                          **{status: _error(status) for status in _ERRORS}},
+        }},
+        "/models": {"get": {
+            "operationId": "models", "summary": "The pools model_size may name",
+            "security": keyed,
+            "responses": {"200": _json(_ref("Models"), "The pools, in layout order."),
+                          "401": _error("401")},
+        }},
+        "/health": {"get": {
+            "operationId": "health", "summary": "The front and every pool", "security": [],
+            "responses": {"200": _json(_ref("Health"), "Every pool can serve (ok, degraded)."),
+                          "503": _json(_ref("Health"), "Some pool is down.")},
+        }},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document", "security": [],
+            "responses": {"200": _json({"type": "object"}, "The OpenAPI description.")},
+        }},
+        "/": {"get": {
+            "operationId": "editor", "summary": "The web editor", "security": [],
+            "responses": {"200": {"description": "The editor page.",
+                                  "content": {"text/html": {"schema": {"type": "string"}}}}},
+        }},
+    }
+
+
+def build_document(layout: Layout) -> dict[str, Any]:
+    """The OpenAPI document for a front serving ``layout``."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "fanout front API",
+            "version": "1",
+            "description": "N completions of a text from a pool of GPT-2 workers, in "
+                           "parallel. Errors are JSON: {title, description, field?}, "
+                           "field naming the request field at fault.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(layout),
+            "securitySchemes": {BEARER: {
+                "type": "http", "scheme": "bearer",
+                "description": "Needed only when the server has API keys configured "
+                               "($FANOUT_API_KEYS or front.api_keys_file)."}},
+        },
+    }
+
+
+class OpenAPIDocument:
+    """``GET /openapi.json``: the document, serialised once; it cannot change while serving."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.body = json.dumps(build_document(layout)).encode("utf-8")
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = JSON
+        resp.data = self.body

@@ -1,0 +1,118 @@
+"""Fuzz the live front from its own ``/openapi.json`` with schemathesis.
+
+Every operation gets generated requests, valid and (where it takes input) invalid, a
+bounded, derandomised number of them, and every answer must be in the document: a status
+it lists, its content type, a body its schema accepts, the headers it promises. Invalid
+requests must get a 4xx. Two exceptions, both stated in the document:
+
+- 5xx: the ``tiers`` layout names pool ``ghost`` but never starts it, so a request for
+  ``model_size: "ghost"`` is 503 (a pool that is down) and ``/health`` is 503 while it
+  is. Nothing else may be a 5xx: a refused connection is 503, never 502.
+- a valid request may still meet a limit JSON Schema cannot state: the model's window
+  (the front cannot know it: 400 naming ``length``, from the worker tier) and sizes in
+  UTF-8 bytes rather than characters (413).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+from fanout.layout import Layout
+from tests.integration.servers import RunningTiers
+
+pytestmark = pytest.mark.integration
+
+GHOST = "ghost"  # configured, never started (tests/integration/conftest.py)
+# schemathesis' own list of statuses that reject invalid data, plus 413: a context past
+# limits.context_bytes (its maxLength) or a body past front.max_body_bytes is too large.
+REJECTED = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428",
+            "429", "5xx"]
+CONFIG = schemathesis.Config.from_dict({"checks": {
+    "negative_data_rejection": {"expected-statuses": REJECTED},
+    # Replaced by the narrower checks below.
+    "not_a_server_error": {"enabled": False},
+    "positive_data_acceptance": {"enabled": False},
+}})
+# Examples per operation and mode. Operations without inputs have no negative form, and
+# a handful of cases exhausts them.
+RUNS = [("POST", "/autocomplete", GenerationMode.POSITIVE, 40),
+        ("POST", "/autocomplete", GenerationMode.NEGATIVE, 40),
+        ("GET", "/models", GenerationMode.POSITIVE, 5),
+        ("GET", "/health", GenerationMode.POSITIVE, 5),
+        ("GET", "/openapi.json", GenerationMode.POSITIVE, 5),
+        ("GET", "/", GenerationMode.POSITIVE, 5)]
+
+
+@pytest.fixture(scope="module")
+def front_schema(tiers: RunningTiers) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{tiers.front_url}/openapi.json", config=CONFIG)
+
+
+def no_server_error_but_the_ghost_pool(ctx: schemathesis.CheckContext,
+                                       response: schemathesis.Response,
+                                       case: schemathesis.Case) -> bool | None:
+    """5xx is a failure unless the document's own reason for a 503 holds: pool ghost down."""
+    status = response.status_code
+    if status >= 500:
+        ghost = isinstance(case.body, dict) and case.body.get("model_size") == GHOST
+        assert status == 503 and (ghost or case.path == "/health"), (
+            f"{case.method} {case.path} answered {status}: {response.text[:300]}")
+    return None
+
+
+def valid_requests_are_served(layout: Layout) -> schemathesis.CheckFunction:
+    """schemathesis' positive_data_acceptance, but knowing the limits no schema can state."""
+
+    def check(ctx: schemathesis.CheckContext, response: schemathesis.Response,
+              case: schemathesis.Case) -> bool | None:
+        status = response.status_code
+        if not 400 <= status < 500:
+            return None
+        error = json.loads(response.content)
+        sent = response.request.body or b""
+        context = case.body.get("context") if isinstance(case.body, dict) else None
+        context_bytes = len(context.encode("utf-8")) if isinstance(context, str) else 0
+        past_window = (status == 400 and error.get("field") == "length"
+                       and "window" in error["description"])
+        too_large = status == 413 and (
+            len(sent) > layout.front.max_body_bytes
+            or context_bytes > layout.limits.context_bytes)
+        assert past_window or too_large, f"a valid request got {status}: {error}"
+        return None
+
+    return check
+
+
+def test_every_documented_operation_is_fuzzed(front_schema: schemathesis.BaseSchema) -> None:
+    documented = {(method.upper(), path)
+                  for path, item in front_schema.raw_schema["paths"].items() for method in item}
+    assert documented == {(method, path) for method, path, _, _ in RUNS}
+
+
+# schemathesis' own pytest integration (schema.parametrize, pytest.from_fixture) fails
+# under pytest 9.2: it sets Function._nodeid, which pytest no longer has. Its Hypothesis
+# strategies are its documented way into a plain test.
+@pytest.mark.parametrize(("method", "path", "mode", "examples"), RUNS,
+                         ids=[f"{m} {p} {g.value}" for m, p, g, _ in RUNS])
+def test_the_front_answers_as_its_document_says(
+        tiers: RunningTiers, front_schema: schemathesis.BaseSchema, method: str, path: str,
+        mode: GenerationMode, examples: int) -> None:
+    operation = front_schema[path][method]
+    extra: list[schemathesis.CheckFunction] = [no_server_error_but_the_ghost_pool]
+    if mode is GenerationMode.POSITIVE:
+        extra.append(valid_requests_are_served(tiers.layout))
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def answers_as_documented(case: schemathesis.Case) -> None:
+        # Every other check schemathesis has: status code, content type, headers and body
+        # as documented, invalid data refused with a 4xx, ...
+        case.call_and_validate(timeout=30, additional_checks=extra)
+
+    answers_as_documented()
