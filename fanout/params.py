@@ -42,11 +42,12 @@ class GenerationParams:
     max_time: float
     max_tokens: int | None = None
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # generation ends at the first of these, which is cut off
 
-    # Shallow on purpose: every field is a scalar, and asdict's deep copy was a visible
-    # share of the front's per-sample cost.
+    # Shallow on purpose: every field is a scalar (or a tuple of strings), and asdict's
+    # deep copy was a visible share of the front's per-sample cost.
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if v is not None}
+        return {k: v for k, v in vars(self).items() if v is not None and v != ()}
 
     def with_seed(self, seed: int | None) -> GenerationParams:
         return replace(self, seed=seed)
@@ -67,9 +68,23 @@ class AutocompleteRequest:
                 for i in range(self.n_samples)]
 
 
-GENERATION_FIELDS = frozenset(
-    {"context", "length", "temperature", "top_k", "top_p", "max_time", "max_tokens", "seed"})
-AUTOCOMPLETE_FIELDS = GENERATION_FIELDS | {"model_size", "n_samples"}
+GENERATION_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top_p",
+                               "max_time", "max_tokens", "seed", "stop"})
+AUTOCOMPLETE_FIELDS = (GENERATION_FIELDS - {"stop"}) | {"model_size", "n_samples"}
+# POST /v1/completions, as OpenAI's API names them.
+COMPLETION_FIELDS = frozenset({"model", "prompt", "n", "max_tokens", "temperature", "top_p",
+                               "seed", "stop", "stream", "user"})
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+OPENAI_DEFAULT_MAX_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """An OpenAI-style completion: the same fan-out as /autocomplete, plus how to answer."""
+
+    request: AutocompleteRequest
+    stream: bool
 
 
 def generation_body_limit(limits: GenerationLimits, front_max_body_bytes: int) -> int:
@@ -102,11 +117,52 @@ def parse_autocomplete(body: Any, defaults: GenerationDefaults, limits: Generati
     return AutocompleteRequest(model_size, n_samples, _generation(fields, defaults, limits))
 
 
+def parse_completion(body: Any, defaults: GenerationDefaults, limits: GenerationLimits,
+                     pools: Mapping[str, object], max_samples: int) -> CompletionRequest:
+    """Check a ``/v1/completions`` body, with OpenAI's names and defaults.
+
+    ``model`` is a pool; OpenAI has no top-k, so it is off; a ``prompt`` may be one string
+    or a list holding one (batches of prompts are not served).
+    """
+    fields = _Fields(body, COMPLETION_FIELDS)
+    model = fields.string("model")
+    if model not in pools:
+        raise ParamError("model", f"the model {model!r} does not exist; choose one of "
+                                  f"{', '.join(pools)}", status=404)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        if len(prompt) != 1:
+            raise ParamError("prompt", "a list of prompts must hold exactly one "
+                                       "(send one request per prompt)")
+        fields = _Fields({**body, "prompt": prompt[0]}, COMPLETION_FIELDS)
+    prompt_text = fields.string("prompt", default="")
+    _check_context("prompt", prompt_text, limits)
+    fields.string("user", default="")  # accepted for compatibility; not used
+    stream = fields.boolean("stream", False)
+    params = GenerationParams(
+        context=prompt_text,
+        length=fields.integer("max_tokens", min(OPENAI_DEFAULT_MAX_TOKENS, limits.length), 1,
+                              limits.length),
+        temperature=fields.number("temperature", 1.0, 0.0, 2.0),
+        top_k=0,
+        top_p=fields.number("top_p", 1.0, 0.0, 1.0, low_open=True),
+        max_time=defaults.max_time,
+        seed=fields.optional_integer("seed", 0, MAX_SEED),
+        stop=fields.stop_sequences("stop"),
+    )
+    return CompletionRequest(AutocompleteRequest(model, fields.integer("n", 1, 1, max_samples),
+                                                 params), stream)
+
+
+def _check_context(name: str, text: str, limits: GenerationLimits) -> None:
+    if len(text.encode("utf-8")) > limits.context_bytes:
+        raise ParamError(name, f"is longer than {limits.context_bytes} bytes", status=413)
+
+
 def _generation(fields: _Fields, defaults: GenerationDefaults,
                 limits: GenerationLimits) -> GenerationParams:
     context = fields.string("context")
-    if len(context.encode("utf-8")) > limits.context_bytes:
-        raise ParamError("context", f"is longer than {limits.context_bytes} bytes", status=413)
+    _check_context("context", context, limits)
     return GenerationParams(
         context=context,
         length=fields.integer("length", defaults.length, 1, limits.length),
@@ -117,6 +173,7 @@ def _generation(fields: _Fields, defaults: GenerationDefaults,
                                low_open=True),
         max_tokens=fields.optional_integer("max_tokens", 1, MAX_CONTEXT_TOKENS),
         seed=fields.optional_integer("seed", 0, MAX_SEED),
+        stop=fields.stop_sequences("stop"),
     )
 
 
@@ -155,6 +212,32 @@ class _Fields:
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self.optional_integer(name, low, high)
         return default if value is None else value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ParamError(name, f"must be true or false, not {_json_type(value)}")
+        return value
+
+    def stop_sequences(self, name: str) -> tuple[str, ...]:
+        """A string or a list of up to MAX_STOP_SEQUENCES non-empty strings."""
+        value = self.body.get(name)
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ParamError(name, f"must be a string or a list of strings, not "
+                                   f"{_json_type(value)}")
+        if len(items) > MAX_STOP_SEQUENCES:
+            raise ParamError(name, f"may hold at most {MAX_STOP_SEQUENCES} sequences, "
+                                   f"not {len(items)}")
+        for item in items:
+            if not 0 < len(item) <= MAX_STOP_CHARS:
+                raise ParamError(name, f"sequences must be 1 to {MAX_STOP_CHARS} characters")
+            _Fields({name: item}, frozenset({name})).string(name)  # no lone surrogates
+        return tuple(items)
 
     def optional_integer(self, name: str, low: int, high: int) -> int | None:
         value = self.body.get(name)

@@ -10,6 +10,7 @@ import falcon
 
 from fanout.http import FieldError, add_error_handlers
 from fanout.layout import Layout, load_layout
+from frontend_api import openai_api
 from frontend_api.access import API_KEYS_ENV, ApiKeys, access_middleware, log_policy, read_api_keys
 from frontend_api.admission import Admission
 from frontend_api.fanout import ClientGone, FanoutClient, WorkerTierError
@@ -47,6 +48,9 @@ def create_app(layout: Layout, fanout: Fanout, api_keys: ApiKeys | None = None) 
     app.add_route("/models", Models(layout))
     app.add_route("/health", Health(fanout, admission))
     app.add_route("/openapi.json", OpenAPIDocument(layout))
+    app.add_route("/v1/completions", openai_api.Completions(fanout, layout, admission))
+    app.add_route("/v1/models", openai_api.Models(layout))
+    app.set_error_serializer(openai_api.serialize_front_error)
     app.add_route("/", EditorPage(STATIC / "index.html"))
     app.add_static_route("/static", str(STATIC))
     return app

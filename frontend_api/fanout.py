@@ -84,6 +84,7 @@ class Sample:
     finish_reason: str
     seed: int
     worker: dict[str, Any]
+    context_tokens: int = 0  # the prompt tokens the worker fed the model
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,8 @@ class FanoutClient:
             return Sample(text=body["text"], time=body["time"],
                           round_trip=time.monotonic() - started, tokens=body["tokens"],
                           finish_reason=body["finish_reason"], seed=body["seed"],
-                          worker=body["worker"])
+                          worker=body["worker"],
+                          context_tokens=int(body.get("context_tokens", 0)))
         except KeyError as missing:
             raise WorkerTierError(502, "Worker tier error",
                                   f"pool {pool.name!r} answered without {missing}") from None

@@ -164,6 +164,8 @@ class LanguageModel:
             {"do_sample": True, "temperature": params.temperature, "top_k": params.top_k,
              "top_p": params.top_p}
             if params.temperature >= MIN_SAMPLING_TEMPERATURE else {"do_sample": False})
+        if params.stop:  # transformers matches them across token boundaries
+            sampling.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         output = self.model.generate(  # type: ignore[operator]
             input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -183,7 +185,12 @@ class LanguageModel:
         else:
             reason = "abandoned" if abandoned and abandoned() else "time"
         text = str(self.tokenizer.decode(new_ids, skip_special_tokens=True))
-        return Completion(text=text, tokens=len(new_ids), finish_reason=reason,
+        tokens = len(new_ids)
+        found = [at for at in (text.find(stop) for stop in params.stop) if at >= 0]
+        if found:  # the text ends before the first stop sequence, which is not returned
+            text, reason = text[:min(found)], "stop"
+            tokens = len(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return Completion(text=text, tokens=tokens, finish_reason=reason,
                           time=time.perf_counter() - started, seed=seed,
                           context_tokens=int(input_ids.shape[1]))
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from fanout.layout import GenerationDefaults, GenerationLimits
-from fanout.params import ParamError, parse_autocomplete, parse_generation
+from fanout.params import ParamError, parse_autocomplete, parse_completion, parse_generation
 
 DEFAULTS = GenerationDefaults()
 LIMITS = GenerationLimits(length=100, max_time=10.0, context_bytes=64)
@@ -82,3 +82,44 @@ def test_bad_fields_are_named(body: Any, field: str, status: int, reason: str) -
 def test_the_worker_refuses_front_only_fields() -> None:
     with pytest.raises(ParamError, match="n_samples: unknown field"):
         parse_generation({"context": "x", "n_samples": 3}, DEFAULTS, LIMITS)
+
+
+def completion(body: Any) -> Any:
+    return parse_completion(body, DEFAULTS, LIMITS, POOLS, max_samples=5)
+
+
+def test_openai_completions_take_openais_defaults() -> None:
+    parsed = completion({"model": "medium", "prompt": ["The nation"], "user": "u-1"})
+    request, params = parsed.request, parsed.request.params
+    assert (request.model_size, request.n_samples, parsed.stream) == ("medium", 1, False)
+    assert (params.context, params.length, params.temperature, params.top_k, params.top_p) == (
+        "The nation", 16, 1.0, 0, 1.0)
+    assert params.stop == () and "stop" not in params.to_json()
+    stopped = completion({"model": "small", "prompt": "x", "stop": "\n", "n": 2})
+    assert stopped.request.params.stop == ("\n",) and stopped.request.n_samples == 2
+    assert stopped.request.params.to_json()["stop"] == ("\n",)
+
+
+@pytest.mark.parametrize(("body", "field", "status"), [
+    ({"prompt": "x"}, "model", 400),
+    ({"model": "large", "prompt": "x"}, "model", 404),
+    ({"model": "small", "prompt": ["a", "b"]}, "prompt", 400),
+    ({"model": "small", "prompt": [7]}, "prompt", 400),
+    ({"model": "small", "prompt": "x" * 65}, "prompt", 413),
+    ({"model": "small", "stream": "yes"}, "stream", 400),
+    ({"model": "small", "stop": [""]}, "stop", 400),
+    ({"model": "small", "stop": [1]}, "stop", 400),
+    ({"model": "small", "temperature": 2.5}, "temperature", 400),
+    ({"model": "small", "top_k": 5}, "top_k", 400),  # not an OpenAI field
+])
+def test_bad_openai_fields_are_named(body: Any, field: str, status: int) -> None:
+    with pytest.raises(ParamError) as caught:
+        completion(body)
+    assert (caught.value.field, caught.value.status) == (field, status)
+
+
+def test_the_autocomplete_route_has_no_stop_but_the_worker_does() -> None:
+    with pytest.raises(ParamError, match="stop: unknown field"):
+        autocomplete({"context": "x", "stop": "."})
+    assert parse_generation({"context": "x", "stop": [".", "!"]}, DEFAULTS,
+                            LIMITS).stop == (".", "!")

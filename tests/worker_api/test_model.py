@@ -54,6 +54,14 @@ def test_generation_stops_once_abandoned(model: LanguageModel) -> None:
                           abandoned=lambda: False).tokens == 40
 
 
+def test_a_stop_sequence_ends_the_text_before_it(model: LanguageModel) -> None:
+    full = model.generate(params(length=30, temperature=0))
+    stop = full.text[10:12]
+    cut = model.generate(params(length=30, temperature=0, stop=(stop, "never-there")))
+    assert cut.text == full.text[:full.text.find(stop)]
+    assert cut.finish_reason == "stop" and cut.tokens < full.tokens
+
+
 def test_the_context_is_cut_from_the_front_to_fit(model: LanguageModel) -> None:
     long = model.generate(params(context="word " * 500, length=56, seed=1))
     assert long.context_tokens == model.window - 56 and long.tokens == 56
