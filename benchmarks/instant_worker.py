@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,12 @@ class InstantGenerator:
         return InstantCompletion(text=" word" * params.length, tokens=params.length,
                                  finish_reason="length", time=0.0, seed=params.seed or 0,
                                  context_tokens=1)
+
+    def stream(self, params: GenerationParams,
+               abandoned: Callable[[], bool] | None = None) -> Iterator[str | InstantCompletion]:
+        done = self.generate(params)
+        yield done.text
+        yield done
 
     def info(self) -> dict[str, Any]:
         return {"model": "instant", "parameters": 0}

@@ -19,10 +19,11 @@ import concurrent.futures as futures
 import contextlib
 import json
 import logging
+import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -94,6 +95,10 @@ class Failure:
     index: int
     status: int
     reason: str
+
+
+# One event of a streamed request: a sample's next text, its end, or its failure.
+Streamed = tuple[int, str | Sample | Failure]
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,10 @@ class FanoutClient:
         # Each sample's request is a copy of its pool's, prepared once, plus a body.
         self.generate_requests = {
             name: requests.Request("POST", f"{pool.bind.url}/generate",
+                                   headers=JSON_HEADERS).prepare()
+            for name, pool in pools.items()}
+        self.stream_requests = {
+            name: requests.Request("POST", f"{pool.bind.url}/generate/stream",
                                    headers=JSON_HEADERS).prepare()
             for name, pool in pools.items()}
 
@@ -276,14 +285,82 @@ class FanoutClient:
         if response.status_code != 200 or not isinstance(body, dict):
             raise _upstream_error(pool, response.status_code, body)
         try:
-            return Sample(text=body["text"], time=body["time"],
-                          round_trip=time.monotonic() - started, tokens=body["tokens"],
-                          finish_reason=body["finish_reason"], seed=body["seed"],
-                          worker=body["worker"],
-                          context_tokens=int(body.get("context_tokens", 0)))
+            return _sample(body, time.monotonic() - started)
         except KeyError as missing:
             raise WorkerTierError(502, "Worker tier error",
                                   f"pool {pool.name!r} answered without {missing}") from None
+
+    def stream(self, request: AutocompleteRequest) -> Generator[Streamed, None, None]:
+        """Every sample's text as its worker generates it, in arrival order: ``(index,
+        text)`` pieces, then ``(index, Sample)`` or ``(index, Failure)`` for each sample.
+
+        Samples still out at the deadline end as 504 failures; closing the iterator early
+        (the client left) cuts their connections, so their workers stop. A sample whose
+        worker dies mid-stream is not sent again: its text so far has been shown.
+        """
+        pool = self.pools[request.model_size]
+        deadline = time.monotonic() + request.params.max_time + self.network_slack
+        events: queue.Queue[Streamed] = queue.Queue()
+        cutters = [_Cutter() for _ in range(request.n_samples)]
+        sent = [self.executor.submit(self._stream_sample, pool, params, index, deadline,
+                                     cutters[index], events.put)
+                for index, params in enumerate(request.sample_params())]
+        open_samples = set(range(request.n_samples))
+        try:
+            while open_samples and (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    index, item = events.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if not isinstance(item, str):
+                    open_samples.discard(index)
+                yield index, item
+        finally:
+            for future in sent:
+                future.cancel()
+            for index in open_samples:
+                cutters[index].cut_now()
+        for index in sorted(open_samples):
+            yield index, Failure(index, 504, "no answer before the deadline")
+
+    def _stream_sample(self, pool: Pool, params: GenerationParams, index: int,
+                       deadline: float, cutter: _Cutter,
+                       put: Callable[[Streamed], None]) -> None:
+        started = time.monotonic()
+        _sending.cutter = cutter
+        try:
+            prepared = self.stream_requests[pool.name].copy()
+            prepared.prepare_body(data=json.dumps(params.to_json()).encode(), files=None)
+            with self.adapter.send(prepared, stream=True, timeout=(
+                    CONNECT_TIMEOUT, max(0.1, deadline - started))) as response:
+                if response.status_code != 200:
+                    error = _upstream_error(pool, response.status_code,
+                                            _json_or_none(response))
+                    put((index, _failure(index, error)))
+                    return
+                for line in response.iter_lines():
+                    body = json.loads(line) if line else {}
+                    if body.get("done"):
+                        put((index, _sample(body, time.monotonic() - started)))
+                        return
+                    if body.get("text"):
+                        put((index, str(body["text"])))
+            put((index, Failure(index, 502, f"pool {pool.name!r}: a worker's stream ended "
+                                            "before its sample did")))
+        except requests.ConnectTimeout:
+            put((index, _failure(index, _pool_down(pool, "did not accept a connection"))))
+        except requests.Timeout:
+            put((index, Failure(index, 504, "no answer before the deadline")))
+        except requests.ConnectionError as exc:
+            error = (_pool_down(pool, "refused the connection") if _refused(exc)
+                     else _WorkerDropped(f"pool {pool.name!r}: a worker dropped the "
+                                         f"connection ({_innermost(exc)})"))
+            put((index, _failure(index, error)))
+        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+            put((index, Failure(index, 502, f"pool {pool.name!r}: bad stream ({exc})")))
+        finally:
+            cutter.detach()
+            _sending.cutter = None
 
     def pool_health(self, pool: Pool) -> dict[str, Any]:
         """A pool's state as its worker tier reports it; ``down`` when it cannot be asked."""
@@ -309,9 +386,18 @@ class FanoutClient:
         self.session.close()
 
 
+def _sample(body: dict[str, Any], round_trip: float) -> Sample:
+    return Sample(text=body["text"], time=body["time"], round_trip=round_trip,
+                  tokens=body["tokens"], finish_reason=body["finish_reason"],
+                  seed=body["seed"], worker=body["worker"],
+                  context_tokens=int(body.get("context_tokens", 0)))
+
+
 def _failure(index: int, error: BaseException) -> Failure:
     if isinstance(error, WorkerTierError):
         return Failure(index, error.status, error.description)
+    if isinstance(error, _WorkerDropped):
+        return Failure(index, 502, str(error))
     log.error("sample %d failed unexpectedly", index, exc_info=error)
     return Failure(index, 502, "the front hit an unexpected error; it has been logged")
 

@@ -8,19 +8,23 @@ OpenAI's completions API; errors under ``/v1/`` use its ``{"error": {...}}`` bod
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import time
 import uuid
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import falcon
 
 from fanout.http import JSON_TYPE, read_json, serialize_error
 from fanout.layout import Layout
-from fanout.params import parse_completion
+from fanout.params import AutocompleteRequest, parse_completion
 from fanout.peer import client_gone_check
 from frontend_api.admission import Admission
-from frontend_api.resources import Fanout, Sample
+from frontend_api.fanout import POOL_DOWN_RETRY_AFTER, WorkerTierError
+from frontend_api.resources import Failure, Fanout, Sample, StreamEvent
 
 OPENAI_PREFIX = "/v1/"
 # OpenAI reports why a choice ended as "stop" or "length"; a worker's max_time running
@@ -40,11 +44,10 @@ class Completions:
         parsed = parse_completion(read_json(req, layout.front.max_body_bytes),
                                   layout.defaults, layout.limits, layout.pools,
                                   layout.front.max_samples)
-        if parsed.stream:
-            raise falcon.HTTPBadRequest(
-                title="Invalid parameter",
-                description="stream: streaming is not served yet; send stream: false")
         request = parsed.request
+        if parsed.stream:
+            self.stream(req, resp, request)
+            return
         with self.admission.admit(request.model_size, request.n_samples):
             gathered = self.fanout.complete(request, client_gone_check(req.env))
         choices = [choice(index, sample) for index, sample in zip(
@@ -61,6 +64,70 @@ class Completions:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+
+
+    def stream(self, req: falcon.Request, resp: falcon.Response,
+               request: AutocompleteRequest) -> None:
+        """Server-sent events as OpenAI streams them: text chunks tagged with their
+        choice's ``index`` as the workers produce them, each choice's ``finish_reason``
+        in its last chunk, then ``data: [DONE]``."""
+        held = contextlib.ExitStack()  # the admission place, held until the stream ends
+        held.enter_context(self.admission.admit(request.model_size, request.n_samples))
+        try:
+            events = self.fanout.stream(request)
+            # The first event decides the status: a pool that is down or a request the
+            # workers refuse is still an HTTP error, not a stream of failures.
+            first = next(events)
+            item = first[1]
+            if isinstance(item, Failure) and (item.status == 503 or item.status < 500):
+                events.close()
+                raise WorkerTierError(item.status, "Worker tier error", item.reason,
+                                      retry_after=POOL_DOWN_RETRY_AFTER
+                                      if item.status == 503 else None)
+        except BaseException:
+            held.close()
+            raise
+        resp.content_type = "text/event-stream"
+        resp.set_header("Cache-Control", "no-cache")
+        resp.stream = EventStream(_events(first, events, request.model_size), events, held)
+
+
+class EventStream:
+    """The response body of a stream; ``close`` (the server calls it however the stream
+    ends, the client gone included) cuts the workers off and frees the admission place."""
+
+    def __init__(self, chunks: Iterator[bytes], events: Generator[StreamEvent, None, None],
+                 held: contextlib.ExitStack) -> None:
+        self.chunks, self.events, self.held = chunks, events, held
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+    def close(self) -> None:
+        try:
+            self.events.close()
+        finally:
+            self.held.close()
+
+
+def _events(first: StreamEvent, rest: Iterator[StreamEvent], model: str) -> Iterator[bytes]:
+    ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(index: int, text: str, finish_reason: str | None) -> bytes:
+        body = {"id": ident, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"text": text, "index": index, "logprobs": None,
+                             "finish_reason": finish_reason}]}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    for index, item in itertools.chain([first], rest):
+        if isinstance(item, str):
+            yield chunk(index, item, None)
+        elif isinstance(item, Failure):
+            # OpenAI has no finish reason for a failed choice; fanout's is "error".
+            yield chunk(index, "", "error")
+        else:
+            yield chunk(index, "", FINISH_REASONS.get(item.finish_reason, "stop"))
+    yield b"data: [DONE]\n\n"
 
 
 def choice(index: int, sample: Sample) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import falcon
 
@@ -35,6 +35,7 @@ class Sample(Protocol):
     def context_tokens(self) -> int: ...
 
 
+@runtime_checkable  # a stream's events are told apart with isinstance
 class Failure(Protocol):
     """A sample that did not arrive (``frontend_api.fanout.Failure``)."""
 
@@ -44,6 +45,10 @@ class Failure(Protocol):
     def status(self) -> int: ...
     @property
     def reason(self) -> str: ...
+
+
+# A streamed sample's next text, its end, or its failure; with the sample's index.
+StreamEvent = tuple[int, str | Sample | Failure]
 
 
 class Gathered(Protocol):
@@ -60,6 +65,8 @@ class Fanout(Protocol):
 
     def complete(self, request: AutocompleteRequest,
                  client_gone: Callable[[], bool]) -> Gathered: ...
+
+    def stream(self, request: AutocompleteRequest) -> Generator[StreamEvent, None, None]: ...
 
     def health(self) -> dict[str, dict[str, Any]]: ...
 

@@ -28,8 +28,9 @@ def create_app(model: Generator, layout: Layout, identity: WorkerIdentity,
     app = falcon.App()
     add_error_handlers(app)
     body_limit = generation_body_limit(layout.limits, layout.front.max_body_bytes)
-    app.add_route("/generate", Generate(model, identity, layout.defaults, layout.limits,
-                                        body_limit))
+    generate = Generate(model, identity, layout.defaults, layout.limits, body_limit)
+    app.add_route("/generate", generate)
+    app.add_route("/generate/stream", generate, suffix="stream")
     app.add_route("/health", Health(model, identity, board))
     app.add_route("/info", Info(model, identity))
     return app

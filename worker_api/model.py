@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from transformers import (
     PreTrainedModel,
     StoppingCriteria,
     StoppingCriteriaList,
+    TextIteratorStreamer,
 )
 from transformers.utils import logging as hf_logging
 
@@ -148,13 +150,53 @@ class LanguageModel:
         # GPT-2 starts from <|endoftext|> when there is no context to condition on.
         return torch.tensor([ids or [self.eos_token_id]], device=self.device)
 
+    def stream(self, params: GenerationParams,
+               abandoned: Callable[[], bool] | None = None) -> Iterator[str | Completion]:
+        """The completion's text as it is generated, in pieces, then the Completion.
+
+        Generation runs on a thread and hands text over through transformers' streamer.
+        Text that could be the start of a stop sequence is held back until it is not, so
+        the pieces always add up to the final text.
+        """
+        self.context_ids(params.context, params.length, params.max_tokens)  # errors first
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True,
+                                        skip_special_tokens=True)
+        finished: list[Completion] = []
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                finished.append(self.generate(params, abandoned, streamer))
+            except BaseException as error:  # re-raised below, in the serving thread
+                failed.append(error)
+                streamer.end()
+        thread = threading.Thread(target=run, name="generate", daemon=True)
+        thread.start()
+        hold = max((len(stop) for stop in params.stop), default=1) - 1
+        text, sent = "", 0
+        for piece in streamer:
+            text += piece
+            found = [at for at in (text.find(stop) for stop in params.stop) if at >= 0]
+            end = min(found) if found else len(text) - hold
+            if end > sent:
+                yield text[sent:end]
+                sent = end
+        thread.join()
+        if failed:
+            raise failed[0]
+        done = finished[0]
+        if len(done.text) > sent and done.text.startswith(text[:sent]):
+            yield done.text[sent:]
+        yield done
+
     @torch.no_grad()
-    def generate(self, params: GenerationParams,
-                 abandoned: Callable[[], bool] | None = None) -> Completion:
+    def generate(self, params: GenerationParams, abandoned: Callable[[], bool] | None = None,
+                 streamer: TextIteratorStreamer | None = None) -> Completion:
         """Sample ``params.length`` new tokens after the context (or fewer, on EOS or time-out).
 
         ``abandoned`` is asked after every token; once it says yes (the front stopped
         waiting), generation stops, so a dropped request frees its worker at once.
+        ``streamer`` receives the tokens as they come (see ``stream``).
         """
         started = time.perf_counter()
         input_ids = self.context_ids(params.context, params.length, params.max_tokens)
@@ -174,6 +216,7 @@ class LanguageModel:
             pad_token_id=self.eos_token_id,
             eos_token_id=self.eos_token_id,
             stopping_criteria=StoppingCriteriaList([_Abandoned(abandoned)] if abandoned else []),
+            streamer=streamer,
             **sampling,
         )
         new_ids = output[0, input_ids.shape[1]:].tolist()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import falcon
@@ -39,6 +41,9 @@ class Generator(Protocol):
     def generate(self, params: GenerationParams,
                  abandoned: Callable[[], bool] | None = None) -> Completion: ...
 
+    def stream(self, params: GenerationParams,
+               abandoned: Callable[[], bool] | None = None) -> Iterator[str | Completion]: ...
+
     def info(self) -> dict[str, Any]: ...
 
 
@@ -55,6 +60,9 @@ class WorkerIdentity:
     def as_json(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "slot": self.slot.index, "device": self.slot.device,
                 "pool": self.pool.name}
+
+
+NDJSON_TYPE = "application/x-ndjson"
 
 
 class Generate:
@@ -75,6 +83,28 @@ class Generate:
             "time": round(done.time, 4), "seed": done.seed,
             "context_tokens": done.context_tokens, "worker": self.identity.as_json(),
         }
+
+    def on_post_stream(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """``POST /generate/stream``: the same completion as NDJSON, text as it comes
+        (``{"text": ...}`` lines), then the ``/generate`` answer with ``"done": true``."""
+        params = parse_generation(read_json(req, self.max_body_bytes),
+                                  self.defaults, self.limits)
+        pieces = self.model.stream(params, abandoned=client_gone_check(req.env))
+        first = next(pieces)  # a bad parameter is raised here, while a 4xx can still go
+        resp.content_type = NDJSON_TYPE
+        resp.stream = self._lines(first, pieces)
+
+    def _lines(self, first: str | Completion,
+               rest: Iterator[str | Completion]) -> Iterator[bytes]:
+        for piece in itertools.chain([first], rest):
+            if isinstance(piece, str):
+                yield json.dumps({"text": piece}).encode() + b"\n"
+            else:
+                yield json.dumps({
+                    "done": True, "text": piece.text, "tokens": piece.tokens,
+                    "finish_reason": piece.finish_reason, "time": round(piece.time, 4),
+                    "seed": piece.seed, "context_tokens": piece.context_tokens,
+                    "worker": self.identity.as_json()}).encode() + b"\n"
 
 
 class Health:

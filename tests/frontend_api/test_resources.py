@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,17 @@ class EchoFanout:
                     worker={"pid": 100 + i, "slot": i, "device": "cpu"})
              for i, p in enumerate(params) if i not in self.lost],
             [Failure(i, 504, "no answer before the deadline") for i in sorted(self.lost)])
+
+    def stream(self, request: AutocompleteRequest) -> Generator[
+            tuple[int, str | Sample | Failure], None, None]:
+        gathered = self.complete(request, lambda: False)
+        for sample in gathered.samples:
+            index = sample.worker["slot"]
+            yield index, sample.text[:1]
+            yield index, sample.text[1:]
+            yield index, sample
+        for failure in gathered.failed:
+            yield failure.index, failure
 
     def health(self) -> dict[str, dict[str, Any]]:
         return {name: {"status": status, "ready_workers": int(status != "down"), "workers": 1}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
+import requests
 
 from tests.integration.servers import RunningTiers
 
@@ -54,6 +57,40 @@ def test_stop_sequences_end_the_text_before_them(client: openai.OpenAI) -> None:
     assert cut.finish_reason == "stop"
 
 
+def test_streaming_n_choices_add_up_to_the_same_completions(client: openai.OpenAI) -> None:
+    request = dict(model="small", prompt="The nation", max_tokens=12, n=3, seed=11)
+    whole = client.completions.create(**request)  # type: ignore[call-overload]
+    texts: dict[int, str] = {0: "", 1: "", 2: ""}
+    finished: dict[int, str] = {}
+    chunks = 0
+    for chunk in client.completions.create(**request, stream=True):  # type: ignore[call-overload]
+        [part] = chunk.choices
+        assert part.index not in finished  # nothing after a choice's last chunk
+        texts[part.index] += part.text
+        if part.finish_reason is not None:
+            finished[part.index] = part.finish_reason
+        chunks += 1
+
+    assert texts == {c.index: c.text for c in whole.choices}
+    assert finished == {c.index: c.finish_reason for c in whole.choices}
+    assert chunks > 3 * 2  # pieces as they came, not one chunk per choice
+
+
+def test_a_stream_stops_at_a_stop_sequence(client: openai.OpenAI) -> None:
+    greedy = dict(model="small", prompt="The nation", max_tokens=20, temperature=0)
+    full = client.completions.create(**greedy).choices[0].text  # type: ignore[call-overload]
+    stop = full[len(full) // 2:len(full) // 2 + 2]
+    streamed = "".join(chunk.choices[0].text for chunk in client.completions.create(
+        **greedy, stop=stop, stream=True))  # type: ignore[call-overload]
+    assert streamed == full[:full.find(stop)]
+
+
+def test_a_stream_from_a_pool_that_is_down_is_a_503(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.completions.create(model="ghost", prompt="x", max_tokens=2, stream=True)
+    assert caught.value.status_code == 503
+
+
 def test_models_lists_the_pools(client: openai.OpenAI) -> None:
     assert [m.id for m in client.models.list()] == ["small", "ghost"]
 
@@ -65,7 +102,7 @@ def test_models_lists_the_pools(client: openai.OpenAI) -> None:
     ({"temperature": 3}, openai.BadRequestError, "temperature", "at most 2"),
     ({"prompt": ["a", "b"]}, openai.BadRequestError, "prompt", "exactly one"),
     ({"stop": ["a", "b", "c", "d", "e"]}, openai.BadRequestError, "stop", "at most 4"),
-    ({"stream": True}, openai.BadRequestError, None, "not served yet"),
+    ({"stream": "yes"}, openai.BadRequestError, "stream", "true or false"),
 ])
 def test_errors_have_openais_shape(client: openai.OpenAI, request_args: dict[str, object],
                                    error: type[openai.APIStatusError], param: str | None,
@@ -87,3 +124,15 @@ def test_a_pool_that_is_down_is_a_503_in_openais_shape(client: openai.OpenAI) ->
     assert caught.value.response.headers["retry-after"]
     body = caught.value.body
     assert isinstance(body, dict) and body["type"] == "server_error"
+
+
+def test_the_stream_is_server_sent_events_ending_with_done(tiers: RunningTiers) -> None:
+    with requests.post(f"{tiers.front_url}/v1/completions", stream=True, timeout=60,
+                       json={"model": "small", "prompt": "x", "max_tokens": 4, "n": 2,
+                             "stream": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines(decode_unicode=True) if line]
+    assert all(event.startswith("data: ") for event in events)
+    assert events[-1] == "data: [DONE]"
+    finishes = [json.loads(e[6:])["choices"][0] for e in events[:-1]]
+    assert sorted(c["index"] for c in finishes if c["finish_reason"]) == [0, 1]

@@ -9,7 +9,7 @@ import pytest
 
 from fanout.layout import Model
 from fanout.params import GenerationParams, ParamError
-from worker_api.model import LanguageModel, ModelLoadError
+from worker_api.model import Completion, LanguageModel, ModelLoadError
 
 
 def params(**changes: object) -> GenerationParams:
@@ -60,6 +60,19 @@ def test_a_stop_sequence_ends_the_text_before_it(model: LanguageModel) -> None:
     cut = model.generate(params(length=30, temperature=0, stop=(stop, "never-there")))
     assert cut.text == full.text[:full.text.find(stop)]
     assert cut.finish_reason == "stop" and cut.tokens < full.tokens
+
+
+def test_a_stream_adds_up_to_the_same_completion(model: LanguageModel) -> None:
+    whole = model.generate(params(length=30, seed=5))
+    *pieces, done = model.stream(params(length=30, seed=5))
+    assert isinstance(done, Completion) and all(isinstance(p, str) for p in pieces)
+    assert len(pieces) > 1 and "".join(map(str, pieces)) == whole.text == done.text
+    stop = whole.text[5:7]
+    *pieces, done = model.stream(params(length=30, seed=5, stop=(stop,)))
+    assert isinstance(done, Completion)
+    assert "".join(map(str, pieces)) == done.text == whole.text[:whole.text.find(stop)]
+    with pytest.raises(ParamError, match="window"):  # before any text is sent
+        next(model.stream(params(length=model.window)))
 
 
 def test_the_context_is_cut_from_the_front_to_fit(model: LanguageModel) -> None:
