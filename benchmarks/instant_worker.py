@@ -21,9 +21,9 @@ import falcon
 
 from fanout.layout import load_layout
 from fanout.params import GenerationParams
-from worker_api.app import create_app, pool_from_env
+from worker_api.app import create_app
 from worker_api.resources import WorkerIdentity
-from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard
+from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard, pool_from_env
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,9 @@ class InstantGenerator:
 
     def info(self) -> dict[str, Any]:
         return {"model": "instant", "parameters": 0}
+
+    def memory(self) -> dict[str, int]:
+        return {}  # no model to hold; measuring per request would only add to the timings
 
 
 def get_app() -> falcon.App:

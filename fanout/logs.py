@@ -1,10 +1,35 @@
-"""One logging set-up for both tiers' gunicorn servers: gunicorn's lines and ours alike."""
+"""One logging set-up for both tiers' gunicorn servers: gunicorn's lines and ours alike.
+
+Every line is plain text except the per-request lines of ``fanout.requests``, which are
+one JSON object each, so a log shipper can index them without parsing prose.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
 FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+REQUESTS_LOGGER = "fanout.requests"
+
+
+class JsonFormatter(logging.Formatter):
+    """A record as one JSON line: time, level, logger, pid, message, plus the mapping passed
+    as ``extra={"fields": {...}}`` (a request's method, route, status, ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "pid": record.process,
+            "message": record.getMessage(), **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        # ASCII-escaped: a line stays one line whatever text a request brought.
+        return json.dumps(line, ensure_ascii=True, default=str)
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -15,13 +40,14 @@ def logging_config(level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": FORMAT}},
-        "handlers": {"stderr": handler},
+        "formatters": {"plain": {"format": FORMAT}, "json": {"()": "fanout.logs.JsonFormatter"}},
+        "handlers": {"stderr": handler, "json": {**handler, "formatter": "json"}},
         "root": {"level": "WARNING", "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": ours,
             "gunicorn.access": {**ours, "level": "WARNING"},
             "fanout": ours,
+            REQUESTS_LOGGER: {**ours, "handlers": ["json"]},
             "frontend_api": ours,
             "worker_api": ours,
         },

@@ -2,8 +2,9 @@
 
 Keys are read once at start-up, from ``$FANOUT_API_KEYS`` and the layout's
 ``front.api_keys_file``. With none configured the API is open, as it always was. The
-editor page, its assets, ``/health`` and ``/openapi.json`` stay open either way: the page
-must load before anyone can type a key into it, and health probes carry no credentials.
+editor page, its assets, ``/health``, ``/openapi.json`` and ``/metrics`` stay open either
+way: the page must load before anyone can type a key into it, and health probes and
+Prometheus scrapes carry no credentials (restrict ``/metrics`` at a proxy if need be).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from fanout.layout import API_KEYS_ENV, Front
 
 # Routes that never need a key; every other route (the API) does once keys are configured.
 # The API's description is open too: it says how to authenticate, and holds no secret.
-OPEN_PATHS = frozenset({"/", "/health", "/openapi.json"})
+# So are the metrics: counts and timings by route, no request content.
+OPEN_PATHS = frozenset({"/", "/health", "/openapi.json", "/metrics"})
 OPEN_PREFIXES = ("/static/",)
 # Visible ASCII: what an HTTP header (and a browser's fetch) carries unchanged.
 _KEY = re.compile(r"[\x21-\x7e]+")
@@ -153,7 +155,8 @@ def access_middleware(cors_origins: tuple[str, ...],
     if cors_origins:
         origins: str | tuple[str, ...] = "*" if "*" in cors_origins else cors_origins
         middleware.append(_Cors(allow_origins=origins,
-                                expose_headers=["Retry-After", "WWW-Authenticate"]))
+                                expose_headers=["Retry-After", "WWW-Authenticate",
+                                               "X-Request-ID"]))
     if keys:
         middleware.append(RequireApiKey(keys))
     return middleware

@@ -16,6 +16,8 @@ from typing import Any
 import falcon
 
 from fanout.layout import Front, Pool
+from fanout.observe import note
+from frontend_api.metrics import REJECTIONS
 
 # Seconds a refused client should wait: about one generation of the default length.
 OVERLOAD_RETRY_AFTER = 1
@@ -34,6 +36,7 @@ class Admission:
     @contextmanager
     def admit(self, pool: str, samples: int) -> Iterator[None]:
         """Hold a place for one request of ``samples`` samples, or raise a 503."""
+        note(pool=pool, n_samples=samples)  # on the request's log line, refused or not
         with self.lock:
             self._check(pool, samples)
             self.inflight += 1
@@ -47,17 +50,19 @@ class Admission:
 
     def _check(self, pool: str, samples: int) -> None:
         if self.inflight >= self.max_inflight:
-            self._reject(f"the front is serving its limit of {self.max_inflight} requests "
-                         "(front.max_inflight)")
+            self._reject(pool, "inflight", "the front is serving its limit of "
+                         f"{self.max_inflight} requests (front.max_inflight)")
         queued = self.samples[pool] + samples - self.workers[pool]
         # A request alone on its pool always goes through, however many samples it asks.
         if queued > self.max_queued and self.samples[pool] > 0:
-            self._reject(f"pool {pool!r} already has {self.samples[pool]} samples for "
-                         f"{self.workers[pool]} workers; {samples} more would queue past "
-                         f"its limit of {self.max_queued} (front.max_queued_samples)")
+            self._reject(pool, "queued", f"pool {pool!r} already has {self.samples[pool]} "
+                         f"samples for {self.workers[pool]} workers; {samples} more would "
+                         f"queue past its limit of {self.max_queued} "
+                         "(front.max_queued_samples)")
 
-    def _reject(self, why: str) -> None:
+    def _reject(self, pool: str, bound: str, why: str) -> None:
         self.rejected += 1
+        REJECTIONS.labels(pool, bound).inc()
         raise falcon.HTTPServiceUnavailable(title="Overloaded", description=f"{why}; retry "
                                             f"in {OVERLOAD_RETRY_AFTER}s",
                                             retry_after=OVERLOAD_RETRY_AFTER)

@@ -14,6 +14,7 @@ from frontend_api import openai_api
 from frontend_api.access import API_KEYS_ENV, ApiKeys, access_middleware, log_policy, read_api_keys
 from frontend_api.admission import Admission
 from frontend_api.fanout import ClientGone, FanoutClient, WorkerTierError
+from frontend_api.metrics import FrontObserver, metrics_page
 from frontend_api.openapi import OpenAPIDocument
 from frontend_api.resources import Autocomplete, EditorPage, Fanout, Health, Models
 
@@ -38,8 +39,11 @@ def client_gone(req: falcon.Request, resp: falcon.Response, exc: ClientGone,
 
 
 def create_app(layout: Layout, fanout: Fanout, api_keys: ApiKeys | None = None) -> falcon.App:
-    app = falcon.App(middleware=access_middleware(layout.front.cors_origins,
-                                                  api_keys or ApiKeys()))
+    # Shared with the observer: a request refused before routing (a 401) keeps its route.
+    router = falcon.routing.CompiledRouter()
+    app = falcon.App(router=router, middleware=[
+        FrontObserver(router, static_prefixes=("/static/",)),
+        *access_middleware(layout.front.cors_origins, api_keys or ApiKeys())])
     add_error_handlers(app)
     app.add_error_handler(WorkerTierError, worker_tier_error)
     app.add_error_handler(ClientGone, client_gone)
@@ -48,6 +52,7 @@ def create_app(layout: Layout, fanout: Fanout, api_keys: ApiKeys | None = None) 
     app.add_route("/models", Models(layout))
     app.add_route("/health", Health(fanout, admission))
     app.add_route("/openapi.json", OpenAPIDocument(layout))
+    app.add_route("/metrics", metrics_page())
     app.add_route("/v1/completions", openai_api.Completions(fanout, layout, admission))
     app.add_route("/v1/models", openai_api.Models(layout))
     app.set_error_serializer(openai_api.serialize_front_error)

@@ -33,7 +33,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 
 from fanout.layout import Pool
+from fanout.observe import REQUEST_ID_HEADER, current_request_id, note
 from fanout.params import AutocompleteRequest, GenerationParams
+from frontend_api.metrics import SAMPLE_FAILURES, SAMPLE_RETRIES, SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +205,11 @@ class FanoutClient:
         pool = self.pools[request.model_size]
         deadline = time.monotonic() + request.params.max_time + self.network_slack
         cutters = [_Cutter() for _ in range(request.n_samples)]
-        pending = {self.executor.submit(self._sample, pool, params, deadline, cutters[i]): i
+        # Read here: the fan-out threads that send the samples serve no request of their own.
+        request_id = current_request_id()
+        SAMPLES.labels(pool.name).observe(request.n_samples)
+        pending = {self.executor.submit(self._sample, pool, params, deadline, cutters[i],
+                                        request_id): i
                    for i, params in enumerate(request.sample_params())}
         samples: dict[int, Sample] = {}
         failed: dict[int, Failure] = {}
@@ -229,32 +235,36 @@ class FanoutClient:
         for future in waiting:
             failed[pending[future]] = Failure(pending[future], 504,
                                               "no answer before the deadline")
+        for failure in failed.values():
+            SAMPLE_FAILURES.labels(pool.name, str(failure.status)).inc()
         if not samples:
             raise _all_failed(pool, sorted(failed.values(), key=lambda f: f.index))
         if failed:
             log.warning("pool %s: %d of %d samples failed: %s", pool.name, len(failed),
                         len(pending), "; ".join(f.reason for f in failed.values()))
+        note(partial=bool(failed))
         return Gathered([samples[i] for i in sorted(samples)],
                         [failed[i] for i in sorted(failed)])
 
     def _sample(self, pool: Pool, params: GenerationParams, deadline: float,
-                cutter: _Cutter) -> Sample:
+                cutter: _Cutter, request_id: str | None = None) -> Sample:
         """One sample, sent again if its worker dies while the deadline allows."""
         for attempt in range(MAX_RETRIES + 1):
             try:
-                return self._generate(pool, params, deadline, cutter)
+                return self._generate(pool, params, deadline, cutter, request_id)
             except _WorkerDropped as dropped:
                 left = deadline - time.monotonic()
                 if cutter.cut or attempt == MAX_RETRIES or left < RETRY_MIN_SECONDS:
                     raise WorkerTierError(502, "Worker tier error", str(dropped)) from None
                 log.warning("%s; sending the sample again (%.1fs left)", dropped, left)
+                SAMPLE_RETRIES.labels(pool.name).inc()
                 # The retry has less time: it should end with a shorter sample, not none.
                 params = replace(params, max_time=max(0.01, min(params.max_time,
                                                                 left - RETRY_MIN_SECONDS)))
         raise AssertionError("unreachable")
 
     def _generate(self, pool: Pool, params: GenerationParams, deadline: float,
-                  cutter: _Cutter) -> Sample:
+                  cutter: _Cutter, request_id: str | None) -> Sample:
         started = time.monotonic()
         _sending.cutter = cutter
         try:
@@ -262,6 +272,8 @@ class FanoutClient:
             # environment settings, cookies, redirects, hooks) has no use against our own
             # worker tier and cost a third of the front's time per sample.
             prepared = self.generate_requests[pool.name].copy()
+            if request_id is not None:  # the worker logs it: one id across both tiers
+                prepared.headers[REQUEST_ID_HEADER] = request_id
             prepared.prepare_body(data=json.dumps(params.to_json()).encode(), files=None)
             response = self.adapter.send(prepared,
                                          timeout=(CONNECT_TIMEOUT, max(0.1, deadline - started)))
@@ -302,8 +314,11 @@ class FanoutClient:
         deadline = time.monotonic() + request.params.max_time + self.network_slack
         events: queue.Queue[Streamed] = queue.Queue()
         cutters = [_Cutter() for _ in range(request.n_samples)]
+        # Read before the first yield, while the request that asked for the stream is served.
+        request_id = current_request_id()
+        SAMPLES.labels(pool.name).observe(request.n_samples)
         sent = [self.executor.submit(self._stream_sample, pool, params, index, deadline,
-                                     cutters[index], events.put)
+                                     cutters[index], events.put, request_id)
                 for index, params in enumerate(request.sample_params())]
         open_samples = set(range(request.n_samples))
         try:
@@ -314,6 +329,9 @@ class FanoutClient:
                     break
                 if not isinstance(item, str):
                     open_samples.discard(index)
+                if isinstance(item, Failure) and item.status in (502, 504):
+                    # as in complete(): a refusal (4xx) or a pool down (503) is the request's
+                    SAMPLE_FAILURES.labels(pool.name, str(item.status)).inc()
                 yield index, item
         finally:
             for future in sent:
@@ -321,15 +339,18 @@ class FanoutClient:
             for index in open_samples:
                 cutters[index].cut_now()
         for index in sorted(open_samples):
+            SAMPLE_FAILURES.labels(pool.name, "504").inc()
             yield index, Failure(index, 504, "no answer before the deadline")
 
     def _stream_sample(self, pool: Pool, params: GenerationParams, index: int,
-                       deadline: float, cutter: _Cutter,
-                       put: Callable[[Streamed], None]) -> None:
+                       deadline: float, cutter: _Cutter, put: Callable[[Streamed], None],
+                       request_id: str | None = None) -> None:
         started = time.monotonic()
         _sending.cutter = cutter
         try:
             prepared = self.stream_requests[pool.name].copy()
+            if request_id is not None:
+                prepared.headers[REQUEST_ID_HEADER] = request_id
             prepared.prepare_body(data=json.dumps(params.to_json()).encode(), files=None)
             with self.adapter.send(prepared, stream=True, timeout=(
                     CONNECT_TIMEOUT, max(0.1, deadline - started))) as response:

@@ -12,6 +12,12 @@ import os
 from fanout.layout import LayoutError, load_layout
 from fanout.logs import logging_config
 
+# The front is one process with one metrics registry. A PROMETHEUS_MULTIPROC_DIR in the
+# environment (meant for a worker tier, or left in a shell) would switch prometheus_client
+# to writing files there instead, when the app imports it after fork.
+for _variable in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+    os.environ.pop(_variable, None)
+
 try:
     _layout = load_layout()
 except LayoutError as error:

@@ -220,6 +220,14 @@ def _paths() -> dict[str, Any]:
             "operationId": "openapi", "summary": "This document", "security": [],
             "responses": {"200": _json({"type": "object"}, "The OpenAPI description.")},
         }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "The front's Prometheus metrics",
+            "description": "Open even when API keys are configured, as scrapers carry no "
+                           "credentials; restrict it at a proxy if need be.",
+            "security": [],
+            "responses": {"200": {"description": "Prometheus' text exposition format.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }},
         "/": {"get": {
             "operationId": "editor", "summary": "The web editor", "security": [],
             "responses": {"200": {"description": "The editor page.",

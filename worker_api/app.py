@@ -3,6 +3,9 @@
 ``get_app`` runs once in each worker after fork (the master never imports torch): it
 loads the pool's model onto the slot's device, warms it up, marks the slot ready, and
 only then returns the app, so a worker takes no traffic before it can generate.
+
+The master does not import this module either: prometheus_client, imported here through
+``worker_api.metrics``, must load after the master has exported its metrics directory.
 """
 
 from __future__ import annotations
@@ -15,33 +18,30 @@ from pathlib import Path
 import falcon
 
 from fanout.http import add_error_handlers
-from fanout.layout import POOL_ENV, Layout, Pool, load_layout
+from fanout.layout import Layout, load_layout
 from fanout.params import generation_body_limit
+from worker_api import metrics
 from worker_api.resources import Generate, Generator, Health, Info, ReadySlots, WorkerIdentity
-from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard
+from worker_api.slots import RESTARTED_ENV, SLOT_ENV, STATE_DIR_ENV, SlotBoard, pool_from_env
 
 log = logging.getLogger(__name__)
 
 
 def create_app(model: Generator, layout: Layout, identity: WorkerIdentity,
                board: ReadySlots) -> falcon.App:
-    app = falcon.App()
+    router = falcon.routing.CompiledRouter()  # shared with the observer, for route labels
+    observer = metrics.WorkerObserver(router, identity.slot, model.memory)
+    app = falcon.App(router=router, middleware=[observer])
     add_error_handlers(app)
     body_limit = generation_body_limit(layout.limits, layout.front.max_body_bytes)
-    generate = Generate(model, identity, layout.defaults, layout.limits, body_limit)
+    generate = Generate(model, identity, layout.defaults, layout.limits, body_limit,
+                        completed=observer.completed)
     app.add_route("/generate", generate)
     app.add_route("/generate/stream", generate, suffix="stream")
     app.add_route("/health", Health(model, identity, board))
     app.add_route("/info", Info(model, identity))
+    app.add_route("/metrics", metrics.metrics_page())
     return app
-
-
-def pool_from_env(layout: Layout) -> Pool:
-    name = os.environ.get(POOL_ENV) or layout.default_pool.name
-    if name not in layout.pools:
-        raise SystemExit(f"{layout.source}: ${POOL_ENV}={name!r} names no pool "
-                         f"(pools: {', '.join(layout.pools)})")
-    return layout.pools[name]
 
 
 def get_app() -> falcon.App:
@@ -55,6 +55,9 @@ def get_app() -> falcon.App:
     model = LanguageModel(pool.model, "cuda:0" if slot.is_cuda else "cpu", pool.dtype)
     model.warm_up()
     board = SlotBoard(Path(os.environ.get(STATE_DIR_ENV) or tempfile.mkdtemp(prefix="fanout-")))
+    # Before the slot shows ready, so that whoever sees it ready sees its boot counted.
+    metrics.record_boot(slot, model.load_seconds, os.environ.get(RESTARTED_ENV) == "1",
+                        model.memory())
     board.mark_ready(slot.index, os.getpid(), slot.device)
     log.info("worker pid %d serving pool %s slot %d on %s (%s, %d threads, loaded in %.1fs)",
              os.getpid(), pool.name, slot.index, slot.device, pool.model.source, slot.threads,

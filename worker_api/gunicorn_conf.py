@@ -3,7 +3,8 @@
 Run as ``gunicorn -c python:worker_api.gunicorn_conf 'worker_api.app:get_app()'`` with
 ``FANOUT_POOL`` naming the pool. The master only reads the layout (no torch, no CUDA);
 ``pre_fork`` hands each new worker the lowest free slot, ``post_fork`` pins the child to
-that slot's device, and the app factory loads the model inside the child.
+that slot's device, and the app factory loads the model inside the child. ``on_starting``
+also makes the directory where the workers keep their Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ from typing import Any
 
 from fanout.layout import LayoutError, load_layout
 from fanout.logs import logging_config
-from worker_api.app import pool_from_env
-from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard, lowest_free_slot
+from worker_api.slots import (
+    METRICS_DIR_ENV,
+    RESTARTED_ENV,
+    SLOT_ENV,
+    STATE_DIR_ENV,
+    SlotBoard,
+    lowest_free_slot,
+    pool_from_env,
+)
 
 try:
     _layout = load_layout()
@@ -42,23 +50,33 @@ logconfig_dict = logging_config(loglevel)
 control_socket_disable = True
 
 _board: SlotBoard | None = None
+_metrics_dir: Path | None = None
+_slots_started: set[int] = set()  # a new worker in one of these is a restart
 # A layout's cuda:N counts the GPUs this server may use: if the operator already narrowed
 # them (CUDA_VISIBLE_DEVICES=2,3), cuda:0 is the first of those, not the host's GPU 0.
 _visible_gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
 
 
 def on_starting(server: Any) -> None:
-    """Make the ready-slot board; workers inherit its path through the environment."""
-    global _board
+    """Make the ready-slot board and the metrics directory; workers inherit their paths
+    through the environment."""
+    global _board, _metrics_dir
     directory = Path(tempfile.mkdtemp(prefix=f"fanout-{_pool.name}-"))
     os.environ[STATE_DIR_ENV] = str(directory)
     _board = SlotBoard(directory)
+    # Fresh per server: files left by another run (or another pool) would add to ours.
+    # prometheus_client reads the variable when first imported, which is in each worker:
+    # neither this module nor what it imports may import prometheus_client.
+    _metrics_dir = Path(tempfile.mkdtemp(prefix=f"fanout-{_pool.name}-metrics-"))
+    os.environ[METRICS_DIR_ENV] = str(_metrics_dir)
 
 
 def pre_fork(server: Any, worker: Any) -> None:
     # Runs in the master, where server.WORKERS maps pid -> worker of every live worker.
     taken = (getattr(w, "fanout_slot", None) for w in server.WORKERS.values())
     worker.fanout_slot = lowest_free_slot(len(_pool.slots), taken)
+    worker.fanout_restart = worker.fanout_slot in _slots_started
+    _slots_started.add(worker.fanout_slot)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -66,6 +84,7 @@ def post_fork(server: Any, worker: Any) -> None:
     # initialised, so restricting the visible devices here pins the whole process.
     slot = _pool.slots[worker.fanout_slot]
     os.environ[SLOT_ENV] = str(slot.index)
+    os.environ[RESTARTED_ENV] = "1" if worker.fanout_restart else "0"
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for(slot.cuda_index) if slot.is_cuda else ""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(slot.threads)
@@ -88,10 +107,17 @@ def child_exit(server: Any, worker: Any) -> None:
     # Runs in the master once a worker is reaped; its slot becomes free for the respawn.
     if _board is not None and hasattr(worker, "fanout_slot"):
         _board.clear(worker.fanout_slot, worker.pid)
+    if _metrics_dir is not None:
+        # Imported here, once on_starting has set the directory (see there). A dead
+        # worker's live gauges (memory, load time) go; its counters stay in the sums.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, str(_metrics_dir))
 
 
 def on_exit(server: Any) -> None:
-    if _board is not None:
-        shutil.rmtree(_board.directory, ignore_errors=True)
+    for directory in (_board.directory if _board else None, _metrics_dir):
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 

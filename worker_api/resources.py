@@ -46,6 +46,8 @@ class Generator(Protocol):
 
     def info(self) -> dict[str, Any]: ...
 
+    def memory(self) -> dict[str, int]: ...
+
 
 class ReadySlots(Protocol):
     def ready(self) -> dict[int, dict[str, Any]]: ...
@@ -68,8 +70,9 @@ NDJSON_TYPE = "application/x-ndjson"
 class Generate:
     def __init__(self, model: Generator, identity: WorkerIdentity,
                  defaults: GenerationDefaults, limits: GenerationLimits,
-                 max_body_bytes: int) -> None:
-        self.model, self.identity = model, identity
+                 max_body_bytes: int, completed: Callable[[Completion], None]) -> None:
+        """``completed`` hears of every completion, streamed or not (the metrics)."""
+        self.model, self.identity, self.completed = model, identity, completed
         self.defaults, self.limits, self.max_body_bytes = defaults, limits, max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -78,6 +81,7 @@ class Generate:
         # The front closes its connection when it stops waiting (deadline, or its own
         # client left): generation stops too, so the worker is free for live requests.
         done = self.model.generate(params, abandoned=client_gone_check(req.env))
+        self.completed(done)
         resp.media = {
             "text": done.text, "tokens": done.tokens, "finish_reason": done.finish_reason,
             "time": round(done.time, 4), "seed": done.seed,
@@ -100,6 +104,7 @@ class Generate:
             if isinstance(piece, str):
                 yield json.dumps({"text": piece}).encode() + b"\n"
             else:
+                self.completed(piece)
                 yield json.dumps({
                     "done": True, "text": piece.text, "tokens": piece.tokens,
                     "finish_reason": piece.finish_reason, "time": round(piece.time, 4),

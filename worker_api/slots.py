@@ -3,7 +3,11 @@
 The gunicorn master assigns slots (``pre_fork``) and frees them (``child_exit``); each
 worker marks its slot ready once its model is warm. The record is one small file per
 ready slot in a directory the master owns, so any worker can report on the whole pool
-without talking to its siblings.
+without talking to its siblings. The master tells each worker its pool, its slot and
+these directories through the environment variables named here.
+
+Torch-free and free of prometheus_client: the master imports this module, and
+prometheus_client must first be imported after the master has set its metrics directory.
 """
 
 from __future__ import annotations
@@ -14,8 +18,23 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fanout.layout import POOL_ENV, Layout, Pool
+
 STATE_DIR_ENV = "FANOUT_STATE_DIR"
 SLOT_ENV = "FANOUT_SLOT"
+# "1" when the worker takes a slot an earlier worker held (that one died or was killed).
+RESTARTED_ENV = "FANOUT_SLOT_RESTARTED"
+# prometheus_client's own variable: where each worker writes its metrics.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def pool_from_env(layout: Layout) -> Pool:
+    """The pool this server serves: ``$FANOUT_POOL``, else the layout's first."""
+    name = os.environ.get(POOL_ENV) or layout.default_pool.name
+    if name not in layout.pools:
+        raise SystemExit(f"{layout.source}: ${POOL_ENV}={name!r} names no pool "
+                         f"(pools: {', '.join(layout.pools)})")
+    return layout.pools[name]
 
 
 def lowest_free_slot(total: int, taken: Iterable[int | None]) -> int:

@@ -161,8 +161,8 @@ def test_missing_and_wrong_keys_get_the_rfc_6750_challenges(
 
 
 @pytest.mark.parametrize("path", ["/", "/health", "/static/editor.js", "/static/editor.css",
-                                  "/openapi.json"])
-def test_the_editor_page_its_assets_health_and_the_api_description_stay_open(
+                                  "/openapi.json", "/metrics"])
+def test_the_editor_page_its_assets_health_the_api_description_and_metrics_stay_open(
         keyed: falcon.testing.TestClient, path: str) -> None:
     assert keyed.simulate_get(path).status_code == 200
 

@@ -40,6 +40,7 @@ class WorkerTier:
     def __init__(self) -> None:
         self.behaviour: Behaviour = good
         self.seen: list[dict[str, Any]] = []
+        self.request_ids: list[str | None] = []  # X-Request-ID of each /generate
         self.abandoned = threading.Event()  # a client cut a connection we were serving
         tier = self
 
@@ -47,6 +48,7 @@ class WorkerTier:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 tier.seen.append(body)
+                tier.request_ids.append(self.headers.get("X-Request-ID"))
                 status, answer = tier.behaviour(body)
                 if peer_gone(self.connection):
                     tier.abandoned.set()

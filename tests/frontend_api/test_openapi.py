@@ -47,7 +47,7 @@ def test_the_document_is_valid_openapi(layout: Layout) -> None:
     validate(document)  # raises on the first problem
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) == {"/autocomplete", "/models", "/health", "/openapi.json",
-                                      "/"}
+                                      "/metrics", "/"}
     responses = document["paths"]["/autocomplete"]["post"]["responses"]
     assert set(responses) == {"200", "400", "401", "404", "413", "415", "502", "503", "504"}
     assert responses["503"]["headers"]["Retry-After"]["required"] is True

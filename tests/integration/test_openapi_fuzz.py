@@ -45,6 +45,7 @@ RUNS = [("POST", "/autocomplete", GenerationMode.POSITIVE, 40),
         ("GET", "/models", GenerationMode.POSITIVE, 5),
         ("GET", "/health", GenerationMode.POSITIVE, 5),
         ("GET", "/openapi.json", GenerationMode.POSITIVE, 5),
+        ("GET", "/metrics", GenerationMode.POSITIVE, 5),
         ("GET", "/", GenerationMode.POSITIVE, 5)]
 
 

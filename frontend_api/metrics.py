@@ -1,0 +1,52 @@
+"""The front's Prometheus metrics, and the middleware that records them for every request.
+
+The front is one process, so its metrics live in prometheus_client's default registry,
+next to the process_* and python_* metrics that registry brings; ``GET /metrics`` serves
+it. Admission (rejections) and the fan-out client (samples, failures, retries) record
+the rest where they happen.
+"""
+
+from __future__ import annotations
+
+import falcon
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+from fanout.exposition import MetricsPage
+from fanout.observe import RequestObserver, RequestRecord, method_label
+
+# From a request refused at once to one that waits out a long generation.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
+                   20.0, 30.0)
+SAMPLE_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 64)
+
+REQUESTS = Counter("fanout_front_requests", "HTTP requests answered, by route template, "
+                   "method and status", ["route", "method", "status"])
+LATENCY = Histogram("fanout_front_request_duration_seconds", "Time to answer a request, "
+                    "by route template", ["route"], buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("fanout_front_requests_in_flight", "Requests being served now")
+SAMPLES = Histogram("fanout_front_samples_per_request", "Samples (n_samples) of each "
+                    "request fanned out, by pool", ["pool"], buckets=SAMPLE_BUCKETS)
+REJECTIONS = Counter("fanout_front_rejections", "Requests refused with 503 by admission, by "
+                     "pool and the bound they hit (inflight, queued)", ["pool", "bound"])
+SAMPLE_FAILURES = Counter("fanout_front_sample_failures", "Samples that did not arrive, by "
+                          "pool and status (502 worker failed, 504 deadline)",
+                          ["pool", "status"])
+SAMPLE_RETRIES = Counter("fanout_front_sample_retries", "Samples sent again because their "
+                         "worker dropped the connection, by pool", ["pool"])
+
+
+class FrontObserver(RequestObserver):
+    """Counts and times every request of the front, by route template."""
+
+    def started(self, req: falcon.Request) -> None:
+        IN_FLIGHT.inc()
+
+    def finished(self, req: falcon.Request, resp: falcon.Response, route: str, seconds: float,
+                 record: RequestRecord) -> None:
+        IN_FLIGHT.dec()
+        REQUESTS.labels(route, method_label(req.method), str(resp.status_code)).inc()
+        LATENCY.labels(route).observe(seconds)
+
+
+def metrics_page() -> MetricsPage:
+    return MetricsPage(REGISTRY)
