@@ -30,6 +30,9 @@ _POOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _PATH_PREFIXES = ("/", "./", "../", "~")
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+# A DNS name as RFC 1123 allows it: dot-separated labels of letters, digits and '-'.
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 class LayoutError(ValueError):
@@ -96,6 +99,8 @@ class Front:
     # One API key per line; with keys configured (here or $FANOUT_API_KEYS) every API
     # request needs "Authorization: Bearer <key>".
     api_keys_file: Path | None = None
+    # How often a pool's hosts that are out of service are asked whether they are back.
+    host_check_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -135,10 +140,17 @@ class Pool:
     slots: tuple[Slot, ...]
     # gunicorn's worker timeout; must exceed the longest generation a request may ask for.
     worker_timeout: float = 60.0
+    # Where the front reaches this pool's worker tier: base URLs of one server per host
+    # running it (pools.NAME.hosts); when the layout names none, the pool's own bind.
+    hosts: tuple[str, ...] = ()
 
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(slot.device for slot in self.slots)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return self.hosts or (self.bind.url,)
 
 
 @dataclass(frozen=True)
@@ -205,7 +217,8 @@ class _Parser:
         key, base = "front", Front()
         spec = self.mapping(value, key, optional={
             "bind", "threads", "max_samples", "network_slack", "max_body_bytes",
-            "max_inflight", "max_queued_samples", "cors_origins", "api_keys_file"})
+            "max_inflight", "max_queued_samples", "cors_origins", "api_keys_file",
+            "host_check_seconds"})
         bind_text = os.environ.get(FRONT_BIND_ENV) or spec.get("bind", str(base.bind))
         bind_key = f"${FRONT_BIND_ENV}" if os.environ.get(FRONT_BIND_ENV) else f"{key}.bind"
         threads = self.integer(spec, key, "threads", base.threads, low=2, high=1024)
@@ -224,6 +237,8 @@ class _Parser:
                                             base.max_queued_samples, low=0, high=1_000_000),
             cors_origins=self.origins(spec.get("cors_origins", []), f"{key}.cors_origins"),
             api_keys_file=self.file(spec.get("api_keys_file"), f"{key}.api_keys_file"),
+            host_check_seconds=self.number(spec, key, "host_check_seconds",
+                                           base.host_check_seconds, low=0.1, high=3600),
         )
 
     def origins(self, value: Any, key: str) -> tuple[str, ...]:
@@ -278,7 +293,7 @@ class _Parser:
             raise self.fail(key, "pool names are lower-case letters, digits, '-' or '_' "
                                  "(at most 32, starting with a letter)")
         spec = self.mapping(value, key, required={"model", "bind", "slots"},
-                            optional={"dtype", "allow_pickle", "worker_timeout"})
+                            optional={"dtype", "allow_pickle", "worker_timeout", "hosts"})
         slots_value = spec["slots"]
         if not isinstance(slots_value, list) or not slots_value:
             raise self.fail(f"{key}.slots", "needs a list of at least one worker slot")
@@ -300,7 +315,29 @@ class _Parser:
                             f"({limits.max_time:g}s), or gunicorn kills healthy generations")
         return Pool(name=name, model=self.model(spec["model"], f"{key}.model", allow_pickle),
                     dtype=dtype, bind=self.bind(spec["bind"], f"{key}.bind"),
-                    slots=slots, worker_timeout=timeout)
+                    slots=slots, worker_timeout=timeout,
+                    hosts=self.hosts(spec.get("hosts"), f"{key}.hosts"))
+
+    def hosts(self, value: Any, key: str) -> tuple[str, ...]:
+        """The pool's worker-tier servers as base URLs; unlike a bind, a host may be a DNS
+        name (a Kubernetes Service, another machine) and may not be a wildcard."""
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, "must be a list of at least one 'host:port', e.g. "
+                                 "['10.0.0.2:8101', 'gpu-box-2:8101']")
+        urls: list[str] = []
+        for index, item in enumerate(value):
+            item_key = f"{key}[{index}]"
+            host, port = self.address(item, item_key, names=True)
+            if host in ("0.0.0.0", "::"):
+                raise self.fail(item_key, f"{host} is a wildcard bind address; name the "
+                                          "address the front connects to")
+            url = Bind(host, port).url
+            if url in urls:
+                raise self.fail(item_key, f"{item!r} is listed twice")
+            urls.append(url)
+        return tuple(urls)
 
     def slot(self, key: str, index: int, value: Any) -> Slot:
         if isinstance(value, str):
@@ -325,6 +362,14 @@ class _Parser:
         return Model(source=value, path=None, allow_pickle=allow_pickle)
 
     def bind(self, value: Any, key: str) -> Bind:
+        bind = Bind(*self.address(value, key, names=False))
+        if bind in self.binds:
+            raise self.fail(key, f"{bind} is already bound by {self.binds[bind]}")
+        self.binds[bind] = key
+        return bind
+
+    def address(self, value: Any, key: str, names: bool) -> tuple[str, int]:
+        """``host:port`` (``[v6]:port`` for IPv6); a DNS name as host only if ``names``."""
         if not isinstance(value, str):
             raise self.fail(key, "must be 'host:port', e.g. '127.0.0.1:8000'")
         host, sep, port_text = value.rpartition(":")
@@ -335,12 +380,11 @@ class _Parser:
             try:
                 ipaddress.ip_address(host)
             except ValueError:
-                raise self.fail(key, f"{host!r} is not an IP address or 'localhost'") from None
-        bind = Bind(host, int(port_text))
-        if bind in self.binds:
-            raise self.fail(key, f"{bind} is already bound by {self.binds[bind]}")
-        self.binds[bind] = key
-        return bind
+                if not (names and _HOSTNAME.match(host)):
+                    expected = "an IP address or a host name" if names \
+                        else "an IP address or 'localhost'"
+                    raise self.fail(key, f"{host!r} is not {expected}") from None
+        return host, int(port_text)
 
     def mapping(self, value: Any, key: str, required: AbstractSet[str] = frozenset(),
                 optional: AbstractSet[str] | None = None) -> dict[str, Any]:
@@ -388,6 +432,9 @@ def describe(layout: Layout) -> str:
         devices = ", ".join(f"{s.device}x{s.threads}t" for s in pool.slots)
         lines.append(f"  pool {pool.name}: {pool.model.source} ({pool.dtype}) on {pool.bind}, "
                      f"{len(pool.slots)} workers [{devices}]")
+        if pool.hosts:
+            lines.append(f"    the front reaches it on {len(pool.hosts)} hosts: "
+                         + ", ".join(pool.hosts))
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Start every tier of a layout, wait until all are healthy, stop them all on a signal.
 
-    python -m fanout.serve [--layout FILE] [--start-timeout SECONDS]
+    python -m fanout.serve [--layout FILE] [--start-timeout SECONDS] [--only TIER ...]
 
 Each tier is a gunicorn master in its own process group, so stopping it reaches its
 workers too; nothing is left behind when this supervisor is interrupted or terminated,
@@ -166,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                                          "gpu_layout.yaml)")
     parser.add_argument("--start-timeout", type=float, default=300.0,
                         help="seconds to wait for every worker to be ready (default 300)")
+    parser.add_argument("--only", action="append", metavar="TIER",
+                        help="start only this tier (front, pool-NAME); repeatable. On a "
+                             "machine that runs one pool for a front elsewhere: --only "
+                             "pool-small")
     args = parser.parse_args(argv)
     try:
         layout = load_layout(args.layout)
@@ -175,7 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(layout), flush=True)
     for warning in oversubscription_warnings(layout):  # an estimate: say so, do not refuse
         print(warning, file=sys.stderr, flush=True)
-    supervisor = Supervisor(layout)
+    tier_list = tiers(layout)
+    if args.only:
+        unknown = sorted(set(args.only) - {tier.name for tier in tier_list})
+        if unknown:
+            print(f"error: --only {unknown[0]}: not a tier of {layout.source} (tiers: "
+                  + ", ".join(tier.name for tier in tier_list) + ")", file=sys.stderr)
+            return 2
+        tier_list = [tier for tier in tier_list if tier.name in args.only]
+    supervisor = Supervisor(layout, tier_list)
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     status = 0
@@ -183,9 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.start()
         supervisor.wait_healthy(args.start_timeout)
         url = layout.front.bind.url
-        print(f"\nfanout is ready: {url}/\n  curl -s {url}/autocomplete "
-              "-H 'Content-Type: application/json' -d '{\"context\":\"The nation\"}'\n"
-              "Press Ctrl-C to stop.", flush=True)
+        if any(tier.name == "front" for tier in tier_list):
+            print(f"\nfanout is ready: {url}/\n  curl -s {url}/autocomplete "
+                  "-H 'Content-Type: application/json' -d '{\"context\":\"The nation\"}'\n"
+                  "Press Ctrl-C to stop.", flush=True)
+        else:
+            print("\nready: " + ", ".join(f"{tier.name} ({tier.health_url})"
+                                         for tier in tier_list)
+                  + "\nPress Ctrl-C to stop.", flush=True)
         supervisor.watch()
     except Stop as stop:
         print(f"\n{stop}: stopping", flush=True)

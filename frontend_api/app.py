@@ -66,7 +66,8 @@ def get_app() -> falcon.App:
     front = layout.front
     # Every front thread may be waiting on up to max_samples worker requests at once.
     client = FanoutClient(layout.pools, threads=front.threads * front.max_samples,
-                          network_slack=front.network_slack)
+                          network_slack=front.network_slack,
+                          host_check_seconds=front.host_check_seconds)
     api_keys = read_api_keys(os.environ.get(API_KEYS_ENV), front.api_keys_file)
     log_policy(front, api_keys)
     return create_app(layout, client, api_keys)

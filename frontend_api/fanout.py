@@ -7,10 +7,12 @@ workers generate the N samples at the same time. All N share one deadline.
 Faults, sample by sample: a worker that dies mid-generation drops its connection, and
 the sample is sent again (another worker, or the respawned one, takes it) while the
 deadline allows. A worker that hangs costs only its own sample: at the deadline the
-request answers with the samples it has (``partial``). A pool that refuses connections
-is down: the request fails at once with 503 and Retry-After. Samples still out when the
-request ends (deadline, or the client went away) have their connections cut, which
-tells their workers to stop generating.
+request answers with the samples it has (``partial``). A pool may run on several hosts
+(frontend_api.hosts): each sample goes to the one with the fewest outstanding, and a
+host that refuses or cannot be reached is skipped for the next. A pool none of whose
+hosts can be reached is down: the request fails at once with 503 and Retry-After.
+Samples still out when the request ends (deadline, or the client went away) have their
+connections cut, which tells their workers to stop generating.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import urllib3
@@ -35,6 +37,7 @@ from urllib3.connection import HTTPConnection
 from fanout.layout import Pool
 from fanout.observe import REQUEST_ID_HEADER, current_request_id, note
 from fanout.params import AutocompleteRequest, GenerationParams
+from frontend_api.hosts import Host, HostSet, HostWatcher
 from frontend_api.metrics import SAMPLE_FAILURES, SAMPLE_RETRIES, SAMPLES
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,13 @@ class ClientGone(Exception):
 
 class _WorkerDropped(Exception):
     """The worker's connection broke mid-request (the worker died): worth sending again."""
+
+
+class _Unreachable(Exception):
+    """No connection to a host (refused, unreachable, timed out): try the pool's next."""
+
+
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -172,9 +182,12 @@ def _never() -> bool:
 class FanoutClient:
     """Holds the thread pool and HTTP session shared by every request of the front."""
 
-    def __init__(self, pools: Mapping[str, Pool], threads: int, network_slack: float) -> None:
+    def __init__(self, pools: Mapping[str, Pool], threads: int, network_slack: float,
+                 host_check_seconds: float = 2.0) -> None:
         self.pools = pools
         self.network_slack = network_slack
+        self.hosts = {name: HostSet(name, pool.urls) for name, pool in pools.items()}
+        urls = [url for pool in pools.values() for url in pool.urls]
         self.executor = futures.ThreadPoolExecutor(max_workers=threads,
                                                    thread_name_prefix="fanout")
         self.session = requests.Session()
@@ -182,18 +195,18 @@ class FanoutClient:
         # host's outbound traffic must not apply to them, and skipping those look-ups (done
         # on every request otherwise) takes a share of the front's per-sample overhead.
         self.session.trust_env = False
-        self.adapter = _CuttableAdapter(pool_connections=len(pools), pool_maxsize=threads,
+        self.adapter = _CuttableAdapter(pool_connections=len(urls), pool_maxsize=threads,
                                         max_retries=0)
         self.session.mount("http://", self.adapter)
-        # Each sample's request is a copy of its pool's, prepared once, plus a body.
+        # Each sample's request is a copy of its host's, prepared once, plus a body.
         self.generate_requests = {
-            name: requests.Request("POST", f"{pool.bind.url}/generate",
-                                   headers=JSON_HEADERS).prepare()
-            for name, pool in pools.items()}
+            url: requests.Request("POST", f"{url}/generate", headers=JSON_HEADERS).prepare()
+            for url in urls}
         self.stream_requests = {
-            name: requests.Request("POST", f"{pool.bind.url}/generate/stream",
-                                   headers=JSON_HEADERS).prepare()
-            for name, pool in pools.items()}
+            url: requests.Request("POST", f"{url}/generate/stream",
+                                  headers=JSON_HEADERS).prepare()
+            for url in urls}
+        self.watcher = HostWatcher(self.hosts, host_check_seconds)
 
     def complete(self, request: AutocompleteRequest,
                  client_gone: Callable[[], bool] = _never) -> Gathered:
@@ -263,28 +276,52 @@ class FanoutClient:
                                                                 left - RETRY_MIN_SECONDS)))
         raise AssertionError("unreachable")
 
+    def _on_some_host(self, pool: Pool, send: Callable[[Host], _Result]) -> _Result:
+        """``send`` to the pool's best host, and on to the next while hosts are unreachable;
+        503 (pool down) when none can be reached."""
+        host_set = self.hosts[pool.name]
+        unreachable: dict[str, str] = {}
+        while (host := host_set.choose(set(unreachable))) is not None:
+            try:
+                with host_set.sending(host):
+                    return send(host)
+            except _Unreachable as exc:
+                host_set.take_out(host, str(exc))
+                unreachable[host.url] = str(exc)
+        raise _pool_down(pool, unreachable)
+
+    def _prepared(self, requests_by_url: dict[str, requests.PreparedRequest], host: Host,
+                  params: GenerationParams, request_id: str | None) -> requests.PreparedRequest:
+        # Sent straight to the adapter: what Session.request adds (merging session and
+        # environment settings, cookies, redirects, hooks) has no use against our own
+        # worker tier and cost a third of the front's time per sample.
+        prepared = requests_by_url[host.url].copy()
+        if request_id is not None:  # the worker logs it: one id across both tiers
+            prepared.headers[REQUEST_ID_HEADER] = request_id
+        prepared.prepare_body(data=json.dumps(params.to_json()).encode(), files=None)
+        return prepared
+
     def _generate(self, pool: Pool, params: GenerationParams, deadline: float,
                   cutter: _Cutter, request_id: str | None) -> Sample:
+        return self._on_some_host(pool, lambda host: self._generate_on(
+            host, pool, params, deadline, cutter, request_id))
+
+    def _generate_on(self, host: Host, pool: Pool, params: GenerationParams, deadline: float,
+                     cutter: _Cutter, request_id: str | None) -> Sample:
         started = time.monotonic()
         _sending.cutter = cutter
         try:
-            # Straight to the adapter: what Session.request adds (merging session and
-            # environment settings, cookies, redirects, hooks) has no use against our own
-            # worker tier and cost a third of the front's time per sample.
-            prepared = self.generate_requests[pool.name].copy()
-            if request_id is not None:  # the worker logs it: one id across both tiers
-                prepared.headers[REQUEST_ID_HEADER] = request_id
-            prepared.prepare_body(data=json.dumps(params.to_json()).encode(), files=None)
+            prepared = self._prepared(self.generate_requests, host, params, request_id)
             response = self.adapter.send(prepared,
                                          timeout=(CONNECT_TIMEOUT, max(0.1, deadline - started)))
         except requests.ConnectTimeout:
-            raise _pool_down(pool, "did not accept a connection in time") from None
+            raise _Unreachable("did not accept a connection in time") from None
         except requests.Timeout:
             raise WorkerTierError(504, "Worker tier timed out",
                                   f"pool {pool.name!r} did not answer in time") from None
         except requests.ConnectionError as exc:
             if _refused(exc):
-                raise _pool_down(pool, "refused the connection") from None
+                raise _Unreachable(_refusal(exc)) from None
             raise _WorkerDropped(f"pool {pool.name!r}: a worker dropped the connection "
                                  f"({_innermost(exc)})") from None
         except requests.RequestException as exc:
@@ -297,7 +334,7 @@ class FanoutClient:
         if response.status_code != 200 or not isinstance(body, dict):
             raise _upstream_error(pool, response.status_code, body)
         try:
-            return _sample(body, time.monotonic() - started)
+            return _sample(body, time.monotonic() - started, host)
         except KeyError as missing:
             raise WorkerTierError(502, "Worker tier error",
                                   f"pool {pool.name!r} answered without {missing}") from None
@@ -345,13 +382,20 @@ class FanoutClient:
     def _stream_sample(self, pool: Pool, params: GenerationParams, index: int,
                        deadline: float, cutter: _Cutter, put: Callable[[Streamed], None],
                        request_id: str | None = None) -> None:
+        try:
+            self._on_some_host(pool, lambda host: self._stream_on(
+                host, pool, params, index, deadline, cutter, put, request_id))
+        except WorkerTierError as down:
+            put((index, _failure(index, down)))
+
+    def _stream_on(self, host: Host, pool: Pool, params: GenerationParams, index: int,
+                   deadline: float, cutter: _Cutter, put: Callable[[Streamed], None],
+                   request_id: str | None) -> None:
+        """One sample streamed from ``host``; raises _Unreachable only before any event."""
         started = time.monotonic()
         _sending.cutter = cutter
         try:
-            prepared = self.stream_requests[pool.name].copy()
-            if request_id is not None:
-                prepared.headers[REQUEST_ID_HEADER] = request_id
-            prepared.prepare_body(data=json.dumps(params.to_json()).encode(), files=None)
+            prepared = self._prepared(self.stream_requests, host, params, request_id)
             with self.adapter.send(prepared, stream=True, timeout=(
                     CONNECT_TIMEOUT, max(0.1, deadline - started))) as response:
                 if response.status_code != 200:
@@ -362,56 +406,75 @@ class FanoutClient:
                 for line in response.iter_lines():
                     body = json.loads(line) if line else {}
                     if body.get("done"):
-                        put((index, _sample(body, time.monotonic() - started)))
+                        put((index, _sample(body, time.monotonic() - started, host)))
                         return
                     if body.get("text"):
                         put((index, str(body["text"])))
             put((index, Failure(index, 502, f"pool {pool.name!r}: a worker's stream ended "
                                             "before its sample did")))
         except requests.ConnectTimeout:
-            put((index, _failure(index, _pool_down(pool, "did not accept a connection"))))
+            raise _Unreachable("did not accept a connection in time") from None
         except requests.Timeout:
             put((index, Failure(index, 504, "no answer before the deadline")))
         except requests.ConnectionError as exc:
-            error = (_pool_down(pool, "refused the connection") if _refused(exc)
-                     else _WorkerDropped(f"pool {pool.name!r}: a worker dropped the "
-                                         f"connection ({_innermost(exc)})"))
-            put((index, _failure(index, error)))
+            if _refused(exc):
+                raise _Unreachable(_refusal(exc)) from None
+            put((index, _failure(index, _WorkerDropped(
+                f"pool {pool.name!r}: a worker dropped the connection ({_innermost(exc)})"))))
         except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
             put((index, Failure(index, 502, f"pool {pool.name!r}: bad stream ({exc})")))
         finally:
             cutter.detach()
             _sending.cutter = None
 
-    def pool_health(self, pool: Pool) -> dict[str, Any]:
-        """A pool's state as its worker tier reports it; ``down`` when it cannot be asked."""
-        summary: dict[str, Any] = {"url": pool.bind.url, "workers": len(pool.slots)}
+    def host_health(self, pool: Pool, host: Host) -> dict[str, Any]:
+        """One host's state as its worker tier reports it; ``down`` when it cannot be asked.
+        A host out of service that answers with ready workers is back in service."""
+        workers = len(pool.slots)
         try:
-            response = self.session.get(f"{pool.bind.url}/health",
+            response = self.session.get(f"{host.url}/health",
                                         timeout=(HEALTH_TIMEOUT, HEALTH_TIMEOUT))
             body = response.json()
         except (requests.RequestException, ValueError):
-            return {**summary, "status": "down", "ready_workers": 0}
+            body = None
         ready = len(body.get("ready_slots", {})) if isinstance(body, dict) else 0
-        status = "ok" if ready == len(pool.slots) else "degraded" if ready else "down"
-        return {**summary, "status": status, "ready_workers": ready}
+        if ready:
+            self.hosts[pool.name].bring_back(host)
+        return {"url": host.url, "status": _status(ready, workers), "workers": workers,
+                "ready_workers": ready, "in_service": host.in_service,
+                "outstanding": host.outstanding}
 
     def health(self) -> dict[str, dict[str, Any]]:
-        """Every pool's health, asked in parallel so one dead pool costs one timeout."""
-        asked = {name: self.executor.submit(self.pool_health, pool)
+        """Every pool's health, its hosts asked in parallel so that dead ones cost one
+        timeout in all."""
+        asked = {name: [self.executor.submit(self.host_health, pool, host)
+                        for host in self.hosts[name].hosts]
                  for name, pool in self.pools.items()}
-        return {name: future.result() for name, future in asked.items()}
+        summaries = {}
+        for name, futures_of_pool in asked.items():
+            hosts = [future.result() for future in futures_of_pool]
+            workers = sum(host["workers"] for host in hosts)
+            ready = sum(host["ready_workers"] for host in hosts)
+            summaries[name] = {"url": hosts[0]["url"], "status": _status(ready, workers),
+                               "workers": workers, "ready_workers": ready, "hosts": hosts}
+        return summaries
 
     def close(self) -> None:
+        self.watcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.session.close()
 
 
-def _sample(body: dict[str, Any], round_trip: float) -> Sample:
+def _sample(body: dict[str, Any], round_trip: float, host: Host) -> Sample:
+    # The worker knows its pid and slot, not the address the front reached it on.
     return Sample(text=body["text"], time=body["time"], round_trip=round_trip,
                   tokens=body["tokens"], finish_reason=body["finish_reason"],
-                  seed=body["seed"], worker=body["worker"],
+                  seed=body["seed"], worker={**body["worker"], "host": host.url},
                   context_tokens=int(body.get("context_tokens", 0)))
+
+
+def _status(ready: int, workers: int) -> str:
+    return "ok" if ready == workers else "degraded" if ready else "down"
 
 
 def _failure(index: int, error: BaseException) -> Failure:
@@ -433,11 +496,28 @@ def _all_failed(pool: Pool, failed: list[Failure]) -> WorkerTierError:
                            + "; ".join(sorted({f.reason for f in failed})))
 
 
-def _pool_down(pool: Pool, what: str) -> WorkerTierError:
-    log.warning("pool %s at %s %s", pool.name, pool.bind.url, what)
+def _pool_down(pool: Pool, unreachable: Mapping[str, str]) -> WorkerTierError:
+    """503 for a pool none of whose hosts could be reached (``unreachable``: url -> why)."""
+    what = "; ".join(f"{url} {why}" for url, why in unreachable.items())
+    if len(unreachable) > 1:
+        what = f"none of its {len(unreachable)} hosts could be reached: {what}"
+    log.warning("pool %s is down: %s", pool.name, what)
     return WorkerTierError(503, "Worker tier unavailable",
-                           f"pool {pool.name!r} is down ({pool.bind.url} {what}); "
-                           "retry later", retry_after=POOL_DOWN_RETRY_AFTER)
+                           f"pool {pool.name!r} is down ({what}); retry later",
+                           retry_after=POOL_DOWN_RETRY_AFTER)
+
+
+def _refusal(exc: requests.ConnectionError) -> str:
+    """How a connection failed to open, in a few words."""
+    text = _innermost(exc)
+    for errno_text, words in (("Connection refused", "refused the connection"),
+                              ("unreachable", "is unreachable"),
+                              ("Name or service not known", "is not a known host name"),
+                              ("Temporary failure in name resolution",
+                               "could not be resolved")):
+        if errno_text in text:
+            return words
+    return f"could not be connected to ({text})"
 
 
 def _refused(exc: requests.ConnectionError) -> bool:

@@ -31,6 +31,9 @@ REJECTIONS = Counter("fanout_front_rejections", "Requests refused with 503 by ad
 SAMPLE_FAILURES = Counter("fanout_front_sample_failures", "Samples that did not arrive, by "
                           "pool and status (502 worker failed, 504 deadline)",
                           ["pool", "status"])
+HOST_UP = Gauge("fanout_front_host_up", "Whether the front sends samples to a pool's host "
+                "(1) or holds it out of service after a failed connection (0)",
+                ["pool", "host"])
 SAMPLE_RETRIES = Counter("fanout_front_sample_retries", "Samples sent again because their "
                          "worker dropped the connection, by pool", ["pool"])
 

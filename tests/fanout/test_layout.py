@@ -85,6 +85,15 @@ _DELETE = object()
      "already bound by front.bind"),
     ({"pools.small.bind": "127.0.0.1"}, "pools.small.bind", "is not 'host:port'"),
     ({"pools.small.bind": "example.com:80"}, "pools.small.bind", "not an IP address"),
+    ({"pools.small.hosts": []}, "pools.small.hosts", "at least one 'host:port'"),
+    ({"pools.small.hosts": "10.0.0.2:8101"}, "pools.small.hosts", "at least one 'host:port'"),
+    ({"pools.small.hosts": ["10.0.0.2"]}, "pools.small.hosts[0]", "is not 'host:port'"),
+    ({"pools.small.hosts": ["0.0.0.0:8101"]}, "pools.small.hosts[0]",
+     "wildcard bind address"),
+    ({"pools.small.hosts": ["a:1", "b_c:1"]}, "pools.small.hosts[1]",
+     "'b_c' is not an IP address or a host name"),
+    ({"pools.small.hosts": ["a:1", "a:1"]}, "pools.small.hosts[1]", "listed twice"),
+    ({"front.host_check_seconds": 0}, "front.host_check_seconds", "outside [0.1, 3600]"),
     ({"pools.small.model": "./missing"}, "pools.small.model", "does not exist"),
     ({"pools.small.dtype": "int4"}, "pools.small.dtype", "is not one of"),
     ({"pools.small.dtype": "float16"}, "pools.small.dtype", "float16 needs GPU slots"),
@@ -158,3 +167,18 @@ def test_the_shipped_layouts_are_valid(tmp_path: Path, tiny_model_dir: Path) -> 
     assert list(example.pools) == ["small", "medium"]
     devices = {s.device for p in example.pools.values() for s in p.slots}
     assert devices == {"cuda:0", "cuda:1", "cuda:2", "cuda:3"}
+
+
+
+def test_pool_hosts_may_be_names_and_default_to_the_bind(tmp_path: Path,
+                                                         tiny_model_dir: Path) -> None:
+    hosts = ["10.0.0.2:8101", "gpu-box-2.internal:8101", "[fd00::3]:8101", "localhost:8101"]
+    path = tmp_path / "layout.yaml"
+    path.write_text(yaml.safe_dump(mutate(tiny_model_dir, {
+        "pools.small.hosts": hosts, "pools.small.bind": "0.0.0.0:8101"})))
+    assert load_layout(path).pools["small"].urls == (
+        "http://10.0.0.2:8101", "http://gpu-box-2.internal:8101", "http://[fd00::3]:8101",
+        "http://localhost:8101")
+    path.write_text(yaml.safe_dump(mutate(tiny_model_dir, {})))
+    plain = load_layout(path).pools["small"]
+    assert plain.hosts == () and plain.urls == ("http://127.0.0.1:8101",)

@@ -37,7 +37,7 @@ class QuietServer(ThreadingHTTPServer):
 class WorkerTier:
     """A threaded HTTP server whose /generate answers as ``behaviour`` says."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.behaviour: Behaviour = good
         self.seen: list[dict[str, Any]] = []
         self.request_ids: list[str | None] = []  # X-Request-ID of each /generate
@@ -71,7 +71,7 @@ class WorkerTier:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = QuietServer(("127.0.0.1", free_port()), Handler)
+        self.server = QuietServer(("127.0.0.1", port or free_port()), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -81,9 +81,10 @@ class WorkerTier:
         return Bind("127.0.0.1", self.server.server_address[1])
 
 
-def pool(bind: Bind, workers: int = 2) -> Pool:
+def pool(bind: Bind, workers: int = 2, hosts: tuple[Bind, ...] = ()) -> Pool:
     return Pool(name="small", model=Model("m", None), dtype="float32", bind=bind,
-                slots=tuple(Slot(i, "cpu") for i in range(workers)))
+                slots=tuple(Slot(i, "cpu") for i in range(workers)),
+                hosts=tuple(host.url for host in hosts))
 
 
 @pytest.fixture
@@ -235,3 +236,77 @@ def test_a_host_proxy_setting_never_reroutes_worker_traffic(
         assert [s.text for s in client.complete(request(n=2)).samples] == ["cba", "cba"]
     finally:
         client.close()
+
+
+def slowly(body: dict[str, Any]) -> tuple[int, Any]:
+    time.sleep(0.3)  # long enough for all of a request's samples to be out at once
+    return good(body)
+
+
+@pytest.fixture
+def second_tier() -> Iterator[WorkerTier]:
+    running = WorkerTier()
+    yield running
+    running.server.shutdown()
+    running.server.server_close()
+
+
+def test_samples_spread_over_a_pools_hosts(tier: WorkerTier, second_tier: WorkerTier) -> None:
+    tier.behaviour = second_tier.behaviour = slowly
+    client = FanoutClient({"small": pool(tier.bind, hosts=(tier.bind, second_tier.bind))},
+                          threads=8, network_slack=1.0)
+    try:
+        gathered = client.complete(request(n=4))
+    finally:
+        client.close()
+    hosts = [sample.worker["host"] for sample in gathered.samples]
+    # Fewest outstanding first: with all four out at once, two on each host.
+    assert sorted(hosts) == sorted([tier.bind.url] * 2 + [second_tier.bind.url] * 2)
+    assert len(tier.seen) == len(second_tier.seen) == 2
+
+
+def test_a_host_that_refuses_is_skipped_and_comes_back(tier: WorkerTier) -> None:
+    gone = Bind("127.0.0.1", free_port())
+    client = FanoutClient({"small": pool(tier.bind, hosts=(gone, tier.bind))}, threads=8,
+                          network_slack=1.0, host_check_seconds=0.1)
+    returned: WorkerTier | None = None
+    try:
+        gathered = client.complete(request(n=3))
+        # Every sample arrived, from the host that is up; the other is out of service.
+        assert not gathered.failed
+        assert {s.worker["host"] for s in gathered.samples} == {tier.bind.url}
+        assert [h.in_service for h in client.hosts["small"].hosts] == [False, True]
+        health = client.health()["small"]
+        assert (health["status"], health["ready_workers"], health["workers"]) == \
+            ("degraded", 2, 4)
+        assert [(h["url"], h["in_service"]) for h in health["hosts"]] == [
+            (gone.url, False), (tier.bind.url, True)]
+        seen_before = len(tier.seen)
+        client.complete(request(n=2))
+        assert len(tier.seen) == seen_before + 2  # no more tries on the lost host
+        returned = WorkerTier(port=gone.port)  # the host is back: the watcher finds it
+        deadline = time.monotonic() + 5
+        while not client.hosts["small"].hosts[0].in_service:
+            assert time.monotonic() < deadline, "the returned host stayed out of service"
+            time.sleep(0.05)
+        returned.behaviour = tier.behaviour = slowly
+        gathered = client.complete(request(n=4))
+        assert {s.worker["host"] for s in gathered.samples} == {gone.url, tier.bind.url}
+    finally:
+        client.close()
+        if returned is not None:
+            returned.server.shutdown()
+            returned.server.server_close()
+
+
+def test_a_pool_none_of_whose_hosts_answer_is_down() -> None:
+    gone = (Bind("127.0.0.1", free_port()), Bind("127.0.0.1", free_port()))
+    client = FanoutClient({"small": pool(gone[0], hosts=gone)}, threads=4, network_slack=5.0)
+    try:
+        with pytest.raises(WorkerTierError) as caught:
+            client.complete(request(max_time=10.0))
+    finally:
+        client.close()
+    assert caught.value.status == 503 and caught.value.retry_after
+    assert "none of its 2 hosts could be reached" in caught.value.description
+    assert f"{gone[1].url} refused the connection" in caught.value.description

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.integration
 SERVE = Path(__file__).resolve().parents[2] / "scripts" / "serve"
 
 
-def start_serve(layout: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_serve(layout: Path, log: Path, *options: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen([str(SERVE), "--layout", str(layout)], stdout=out,
+        return subprocess.Popen([str(SERVE), "--layout", str(layout), *options], stdout=out,
                                 stderr=subprocess.STDOUT)
 
 
@@ -62,6 +62,30 @@ def test_serve_starts_all_tiers_and_stops_them_all(
             process.kill()
     assert "stopped" in log.read_text()
     assert still_running(tree) == []
+
+
+def test_serve_only_starts_the_tiers_it_is_told(write_layout: LayoutFactory,
+                                                 tmp_path: Path) -> None:
+    # A machine that runs pool small for a front elsewhere (pools.small.hosts there).
+    pool, front = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    layout = write_layout(front={"bind": front},
+                          pools={"small": {"bind": pool, "slots": ["cpu"]}})
+    log = tmp_path / "serve.log"
+    process = start_serve(layout, log, "--only", "pool-small")
+    try:
+        wait_for_line(process, log, "ready: pool-small")
+        assert requests.get(f"http://{pool}/health", timeout=5).status_code == 200
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://{front}/health", timeout=5)
+        os.kill(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    result = subprocess.run([str(SERVE), "--layout", str(layout), "--only", "pool-big"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--only pool-big: not a tier of" in result.stderr and "pool-small" in result.stderr
 
 
 def test_serve_refuses_a_bad_layout_naming_the_key(tmp_path: Path) -> None:

@@ -1,0 +1,133 @@
+"""The worker-tier servers ("hosts") of each pool, and which one takes the next sample.
+
+A pool may run its worker tier on several machines (the layout's ``pools.NAME.hosts``).
+Each sample goes to the host in service with the fewest samples outstanding, so a
+request's samples spread over the hosts and a slower host gets less. A host that
+refuses or cannot be reached goes out of service at once; the watcher asks its
+``/health`` every ``front.host_check_seconds`` and brings it back when it answers 200.
+
+Hosts in service are not probed: a worker tier's sync workers answer ``/health`` only
+between generations, so a probe of a busy host would time out and take a healthy host
+out exactly when it is needed. Real traffic finds dead hosts as fast as a probe would.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import requests
+
+from frontend_api.metrics import HOST_UP
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 1.0
+
+
+@dataclass
+class Host:
+    """One worker-tier server of a pool, as the front sees it (guarded by its HostSet)."""
+
+    url: str
+    outstanding: int = 0
+    in_service: bool = True
+    out_reason: str = ""  # why it went out of service
+
+
+class HostSet:
+    """A pool's hosts: which one takes the next sample, and which are out of service."""
+
+    def __init__(self, pool: str, urls: Iterable[str]) -> None:
+        self.pool = pool
+        self.hosts = [Host(url) for url in urls]
+        self.lock = threading.Lock()
+        self.turn = 0  # rotates the choice among hosts equally loaded
+        for host in self.hosts:
+            HOST_UP.labels(pool, host.url).set(1)
+
+    def choose(self, tried: set[str]) -> Host | None:
+        """The untried host with the fewest samples outstanding, those in service first.
+
+        Hosts out of service are still tried when no other is left: the first sample
+        after a pool's only host returns then finds it without waiting for the watcher.
+        """
+        with self.lock:
+            left = [(i, h) for i, h in enumerate(self.hosts) if h.url not in tried]
+            if not left:
+                return None
+            count = len(self.hosts)
+            _, host = min(left, key=lambda item: (not item[1].in_service,
+                                                  item[1].outstanding,
+                                                  (item[0] - self.turn) % count))
+            self.turn += 1
+            return host
+
+    @contextmanager
+    def sending(self, host: Host) -> Iterator[None]:
+        """Count one sample outstanding on ``host`` while it is out."""
+        with self.lock:
+            host.outstanding += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                host.outstanding -= 1
+
+    def take_out(self, host: Host, reason: str) -> None:
+        with self.lock:
+            was_in = host.in_service
+            host.in_service, host.out_reason = False, reason
+        if was_in:
+            log.warning("pool %s: host %s out of service: %s", self.pool, host.url, reason)
+            HOST_UP.labels(self.pool, host.url).set(0)
+
+    def bring_back(self, host: Host) -> None:
+        with self.lock:
+            was_out = not host.in_service
+            host.in_service, host.out_reason = True, ""
+        if was_out:
+            log.warning("pool %s: host %s back in service", self.pool, host.url)
+            HOST_UP.labels(self.pool, host.url).set(1)
+
+    def out_of_service(self) -> list[Host]:
+        with self.lock:
+            return [host for host in self.hosts if not host.in_service]
+
+
+class HostWatcher:
+    """A thread that asks the hosts out of service for /health and brings them back."""
+
+    def __init__(self, host_sets: Mapping[str, HostSet], interval: float) -> None:
+        self.host_sets, self.interval = host_sets, interval
+        self.session = requests.Session()
+        self.session.trust_env = False  # our own hosts: no proxy, no .netrc
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="host-watcher", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            for host_set in self.host_sets.values():
+                for host in host_set.out_of_service():
+                    if self.stopping.is_set():
+                        return
+                    if self.ready(host.url):
+                        host_set.bring_back(host)
+
+    def ready(self, url: str) -> bool:
+        """Whether the host's /health says at least one of its workers is ready."""
+        try:
+            response = self.session.get(f"{url}/health", timeout=HEALTH_TIMEOUT)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=HEALTH_TIMEOUT + 1)
+        self.session.close()
+

@@ -1,0 +1,46 @@
+"""Which of a pool's hosts takes the next sample."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+from frontend_api.hosts import HostSet
+
+URLS = ("http://10.0.0.1:8101", "http://10.0.0.2:8101", "http://10.0.0.3:8101")
+
+
+def gauge(pool: str, url: str) -> float | None:
+    return REGISTRY.get_sample_value("fanout_front_host_up", {"pool": pool, "host": url})
+
+
+def test_the_host_with_fewest_outstanding_samples_goes_first() -> None:
+    hosts = HostSet("choose", URLS)
+    first = hosts.choose(set())
+    assert first is not None
+    with hosts.sending(first):
+        second = hosts.choose(set())
+        assert second is not None and second is not first
+        with hosts.sending(second):
+            third = hosts.choose(set())
+            assert third is not None and {first.url, second.url, third.url} == set(URLS)
+    assert [h.outstanding for h in hosts.hosts] == [0, 0, 0]
+
+
+def test_equally_loaded_hosts_take_turns() -> None:
+    hosts = HostSet("turns", URLS)
+    picked = [hosts.choose(set()) for _ in range(6)]
+    assert [h.url for h in picked if h] == list(URLS) * 2
+
+
+def test_hosts_out_of_service_go_last_and_tried_ones_never() -> None:
+    hosts = HostSet("out", URLS)
+    lost = hosts.hosts[0]
+    hosts.take_out(lost, "refused the connection")
+    assert gauge("out", lost.url) == 0 and lost.out_reason == "refused the connection"
+    assert {hosts.choose(set()).url for _ in range(4)} == set(URLS[1:])  # type: ignore[union-attr]
+    # Still tried when every host in service has been: a lone pool's host that returns
+    # is found by the next request, not only by the watcher.
+    assert hosts.choose(set(URLS[1:])) is lost
+    assert hosts.choose(set(URLS)) is None
+    hosts.bring_back(lost)
+    assert lost.in_service and gauge("out", lost.url) == 1 and not hosts.out_of_service()
