@@ -1,0 +1,72 @@
+# One image for every tier of fanout: the command picks the tier (deploy/docker/entrypoint.sh).
+#
+#   docker run IMAGE front                       the front API (the default command)
+#   docker run -e FANOUT_POOL=small IMAGE pool   the worker tier of one pool
+#   docker run IMAGE serve                       every tier in one container (a demo)
+#
+# CPU image: pass TORCH_INDEX_URL, PyTorch's CPU wheel index (its install selector shows
+# it), so that torch comes without the CUDA libraries. CUDA image: leave it empty; the
+# default torch wheels of Linux bundle the CUDA runtime, and the host needs the NVIDIA
+# driver and container toolkit. See docs/DEPLOY.md.
+FROM python:3.11-slim
+
+ARG TORCH="torch==2.13.0"
+ARG TORCH_INDEX_URL=""
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app \
+    FANOUT_LAYOUT=/app/gpu_layout.yaml \
+    HF_HUB_OFFLINE=1
+
+# A fixed uid, so that Kubernetes' runAsNonRoot can check it and mounted files can be
+# made readable to it.
+RUN groupadd --gid 10001 fanout \
+    && useradd --uid 10001 --gid fanout --create-home --shell /usr/sbin/nologin fanout \
+    && mkdir /models
+
+# torch first and alone: the largest layer, rebuilt only when TORCH or its index change.
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH" \
+    && python -c "import torch; print('torch', torch.__version__)"
+
+# The project's requirements from setup.cfg alone (no source yet), so that a code change
+# reuses this layer. torch is already there and satisfies setup.cfg's torch line.
+WORKDIR /app
+COPY setup.cfg /app/setup.cfg
+RUN python -c "import configparser; c = configparser.ConfigParser(); c.read('setup.cfg'); \
+print('\n'.join(line.strip() for line in c['options']['install_requires'].splitlines() \
+if line.strip()))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The shipped models (~70 MB) change less often than the code. Other checkpoints: mount
+# them read-only under /models and name that folder in the layout (docs/DEPLOY.md).
+COPY models/small /app/models/small
+COPY models/medium /app/models/medium
+COPY deploy/docker/entrypoint.sh /usr/local/bin/fanout-tier
+COPY deploy/docker/healthcheck.py /usr/local/bin/fanout-healthcheck
+
+# The source last. It runs from /app (PYTHONPATH), so the default layout and the models
+# it names resolve next to it; compiled now because the root filesystem may be read-only.
+COPY gpu_layout.yaml /app/gpu_layout.yaml
+COPY fanout /app/fanout
+COPY frontend_api /app/frontend_api
+COPY worker_api /app/worker_api
+RUN chmod 0755 /usr/local/bin/fanout-tier /usr/local/bin/fanout-healthcheck \
+    && python -m compileall -q /app/fanout /app/frontend_api /app/worker_api \
+    && python -m fanout.layout /app/gpu_layout.yaml
+
+USER 10001:10001
+
+# The front, then the pools of the default layout; a layout may use other ports.
+EXPOSE 8000 8101 8102
+# GET /health of this container's tier on 127.0.0.1; the port is $FANOUT_HEALTH_PORT, or
+# else the layout's bind for $FANOUT_POOL (unset: the front's). A worker answers 200 once
+# its model is loaded, hence the start period.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=180s --retries=3 \
+    CMD ["python", "/usr/local/bin/fanout-healthcheck"]
+
+ENTRYPOINT ["fanout-tier"]
+CMD ["front"]

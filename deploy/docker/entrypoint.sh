@@ -1,0 +1,41 @@
+#!/bin/sh
+# The image's entry point (installed as fanout-tier): which tier this container runs.
+#
+#   front          the front API, on the layout's front.bind (the image's default command)
+#   pool           the worker tier of the pool that $FANOUT_POOL names, on its bind
+#   serve          every tier of the layout in this one container (fanout.serve); the
+#                  front then binds $FANOUT_FRONT_BIND, by default 0.0.0.0:8000
+#   layout         check the layout ($FANOUT_LAYOUT) and say what it starts
+#   anything else  runs as a command, e.g. `python -m fanout.memory_fit`
+#
+# Arguments after front or pool go to gunicorn. The gunicorn command lines are those of
+# fanout/tiers.py and the Procfile (tests/deploy keeps them in step). exec: gunicorn is
+# PID 1 and gets the container's SIGTERM, which stops its workers gracefully.
+set -eu
+
+tier="${1:-front}"
+[ "$#" -gt 0 ] && shift
+
+case "$tier" in
+    front)
+        exec python -m gunicorn -c python:frontend_api.gunicorn_conf 'frontend_api.app:get_app()' "$@"
+        ;;
+    pool)
+        if [ -z "${FANOUT_POOL:-}" ]; then
+            echo "fanout-tier: set FANOUT_POOL to the pool this container serves" >&2
+            exit 2
+        fi
+        exec python -m gunicorn -c python:worker_api.gunicorn_conf 'worker_api.app:get_app()' "$@"
+        ;;
+    serve)
+        FANOUT_FRONT_BIND="${FANOUT_FRONT_BIND:-0.0.0.0:8000}"
+        export FANOUT_FRONT_BIND
+        exec python -m fanout.serve "$@"
+        ;;
+    layout)
+        exec python -m fanout.layout "$@"
+        ;;
+    *)
+        exec "$tier" "$@"
+        ;;
+esac

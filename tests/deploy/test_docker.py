@@ -1,0 +1,274 @@
+"""The Dockerfile, its entry point and health check, and deploy/docker/compose.yaml.
+
+No Docker needed: the Dockerfile is parsed with dockerfile-parse, the compose file read
+as YAML, and the health check script run against a small local HTTP server.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import http.server
+import importlib.util
+import io
+import json
+import shlex
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+from fanout.layout import POOL_ENV, Layout, load_layout
+from fanout.tiers import tiers
+from tests.deploy.support import (
+    DEPLOY,
+    IMAGE_APP,
+    IMAGE_UID,
+    REPO,
+    image_model_folders,
+    load_image_layout,
+    pool_addresses,
+)
+
+COMPOSE_DIR = DEPLOY / "docker"
+COMPOSE_LAYOUTS = ["gpu_layout.yaml", "gpu_layout.cuda.yaml"]
+SOURCE = ("fanout", "frontend_api", "worker_api")
+
+Instruction = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> DockerfileParser:
+    # From memory: the parser reads lazily, and writes back to a path it was given.
+    return DockerfileParser(fileobj=io.BytesIO((REPO / "Dockerfile").read_bytes()))
+
+
+def instructions(parser: DockerfileParser) -> list[Instruction]:
+    return [i for i in parser.structure if i["instruction"] != "COMMENT"]
+
+
+def first(parser: DockerfileParser, instruction: str, containing: str = "") -> int:
+    """The position of the first such instruction whose value contains the text."""
+    for index, item in enumerate(instructions(parser)):
+        if item["instruction"] == instruction and containing in item["value"]:
+            return index
+    raise AssertionError(f"no {instruction} containing {containing!r}")
+
+
+def copies(parser: DockerfileParser) -> dict[str, str]:
+    """COPY source -> destination (one source each, as the Dockerfile writes them)."""
+    pairs = [shlex.split(i["value"]) for i in instructions(parser) if i["instruction"] == "COPY"]
+    assert all(len(pair) == 2 for pair in pairs), pairs
+    return {source: destination for source, destination in pairs}
+
+
+def test_the_image_is_python_311_slim_with_the_torch_build_args(
+        dockerfile: DockerfileParser) -> None:
+    assert dockerfile.baseimage == "python:3.11-slim"
+    assert dockerfile.args == {"TORCH": "torch==2.13.0", "TORCH_INDEX_URL": ""}
+    install = instructions(dockerfile)[first(dockerfile, "RUN", "$TORCH")]["value"]
+    assert "pip install" in install and '--index-url "$TORCH_INDEX_URL"' in install
+
+
+def test_torch_and_the_requirements_install_before_the_source_is_copied(
+        dockerfile: DockerfileParser) -> None:
+    torch = first(dockerfile, "RUN", '"$TORCH"')
+    requirements = first(dockerfile, "RUN", "install_requires")
+    assert first(dockerfile, "COPY", "setup.cfg") < requirements
+    for package in SOURCE:
+        source = first(dockerfile, "COPY", f"{package} ")
+        assert torch < requirements < source, package
+        assert first(dockerfile, "COPY", "models/") < source  # models change less often
+
+
+def test_it_runs_as_a_fixed_non_root_user(dockerfile: DockerfileParser) -> None:
+    users = [(i, item["value"]) for i, item in enumerate(instructions(dockerfile))
+             if item["instruction"] == "USER"]
+    assert users, "no USER: the image would run as root"
+    position, user = users[-1]
+    assert user.split(":")[0] == str(IMAGE_UID)
+    assert position < first(dockerfile, "ENTRYPOINT") and position < first(dockerfile, "CMD")
+    assert f"--uid {IMAGE_UID}" in instructions(dockerfile)[first(dockerfile, "RUN", "useradd")][
+        "value"]
+
+
+def test_it_checks_its_health_without_curl(dockerfile: DockerfileParser) -> None:
+    check = instructions(dockerfile)[first(dockerfile, "HEALTHCHECK")]["value"]
+    assert "CMD" in check and "curl" not in check
+    assert copies(dockerfile)["deploy/docker/healthcheck.py"] in check
+    assert "--start-period" in check  # a worker loads its model before it is healthy
+
+
+def test_the_entry_point_runs_the_tiers_as_the_procfile_does(
+        dockerfile: DockerfileParser) -> None:
+    entrypoint = (COMPOSE_DIR / "entrypoint.sh").read_text()
+    for tier in tiers(load_layout(REPO / "gpu_layout.yaml"), python="python"):
+        assert f"exec {shlex.join(tier.argv)}" in entrypoint, tier.name
+    installed = copies(dockerfile)["deploy/docker/entrypoint.sh"]
+    entry = json.loads(instructions(dockerfile)[first(dockerfile, "ENTRYPOINT")]["value"])
+    assert entry == [installed] or entry == [Path(installed).name]  # /usr/local/bin: on PATH
+    assert json.loads(instructions(dockerfile)[first(dockerfile, "CMD")]["value"]) == ["front"]
+
+
+def test_the_image_holds_the_layout_and_the_models_it_names(
+        dockerfile: DockerfileParser) -> None:
+    assert dockerfile.envs["FANOUT_LAYOUT"] == f"{IMAGE_APP}/gpu_layout.yaml"
+    copied = copies(dockerfile)
+    assert copied["gpu_layout.yaml"] == f"{IMAGE_APP}/gpu_layout.yaml"
+    for package in SOURCE:
+        assert copied[package] == f"{IMAGE_APP}/{package}"
+    for layout in [*COMPOSE_LAYOUTS, "../kubernetes/configmap.yaml"]:
+        for folder in image_model_folders((COMPOSE_DIR / layout).read_text()):
+            source = folder.removeprefix(IMAGE_APP + "/")
+            assert copied.get(source) == folder and (REPO / source).is_dir(), folder
+
+
+def test_it_exposes_the_ports_of_every_deployment_layout(
+        dockerfile: DockerfileParser, tmp_path: Path) -> None:
+    exposed = {int(port) for port in
+               instructions(dockerfile)[first(dockerfile, "EXPOSE")]["value"].split()}
+    for name in COMPOSE_LAYOUTS:
+        layout = load_image_layout((COMPOSE_DIR / name).read_text(), tmp_path)
+        assert {layout.front.bind.port, *(p.bind.port for p in layout.pools.values())} <= exposed
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, simplified: the last pattern matching the path or a parent wins."""
+    parts = path.split("/")
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        for depth in range(1, len(parts) + 1):
+            if fnmatch.fnmatchcase("/".join(parts[:depth]), pattern):
+                ignored = not negated
+                break
+    return ignored
+
+
+def test_the_dockerignore_keeps_what_the_image_copies_and_drops_the_rest(
+        dockerfile: DockerfileParser) -> None:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    for source in copies(dockerfile):
+        assert not dockerignored(source, patterns), source
+        assert (REPO / source).exists(), source
+    for dropped in (".venv", ".git", "runs", "test-artifacts", ".mypy_cache",
+                    "fanout/__pycache__", "models/gpt2", "models/small/checkpoint.pt"):
+        assert dockerignored(dropped, patterns), dropped
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((COMPOSE_DIR / "compose.yaml").read_text()))
+
+
+def compose_layout(name: str, directory: Path) -> Layout:
+    return load_image_layout((COMPOSE_DIR / name).read_text(), directory)
+
+
+def test_compose_runs_the_front_and_one_service_per_pool(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"front", "pool-small", "pool-medium"}
+    images = {service["image"] for service in services.values()}
+    assert len(images) == 1  # one image, the command picks the tier
+    for service in services.values():
+        layout_file = service["environment"]["FANOUT_LAYOUT"]
+        [(source, target, mode)] = [v.rsplit(":", 2) for v in service["volumes"]]
+        assert (target, mode) == (layout_file, "ro")
+        # ./${FANOUT_COMPOSE_LAYOUT:-gpu_layout.yaml}: the default is the CPU layout.
+        assert source.endswith(":-gpu_layout.yaml}")
+        assert service["read_only"] is True and "/tmp" in service["tmpfs"]
+        assert "fanout-healthcheck" in " ".join(service["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("name", COMPOSE_LAYOUTS)
+def test_compose_services_match_the_pools_of_its_layout(
+        compose: dict[str, Any], name: str, tmp_path: Path) -> None:
+    layout = compose_layout(name, tmp_path)
+    services = compose["services"]
+    for pool in layout.pools.values():
+        [(host, port)] = pool_addresses(pool)
+        service = services[host]  # the front reaches the pool by its service's DNS name
+        assert service["command"] == ["pool"]
+        assert service["environment"][POOL_ENV] == pool.name
+        assert port == pool.bind.port and str(port) in service["expose"]
+        assert pool.bind.host == "0.0.0.0" and "ports" not in service  # never published
+        assert services["front"]["depends_on"][host]["condition"] == "service_healthy"
+    front = services["front"]
+    assert front["command"] == ["front"] and POOL_ENV not in front["environment"]
+    assert front["ports"] == [f"127.0.0.1:8000:{layout.front.bind.port}"]
+
+
+def test_the_cuda_layout_runs_every_slot_on_the_containers_gpu(tmp_path: Path) -> None:
+    layout = compose_layout("gpu_layout.cuda.yaml", tmp_path)
+    for pool in layout.pools.values():
+        assert set(pool.devices) == {"cuda:0"} and pool.dtype == "float16"
+    # The GPU variant is there, commented out, for each pool.
+    text = (COMPOSE_DIR / "compose.yaml").read_text()
+    assert text.count("#         - driver: nvidia") == len(layout.pools)
+
+
+def load_healthcheck() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fanout_healthcheck",
+                                                  COMPOSE_DIR / "healthcheck.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_health_check_finds_its_tiers_port_in_the_layout(tmp_path: Path) -> None:
+    healthcheck = load_healthcheck()
+    layout_file = tmp_path / "gpu_layout.yaml"
+    load_image_layout((COMPOSE_DIR / "gpu_layout.yaml").read_text(), tmp_path)
+    env = {"FANOUT_LAYOUT": str(layout_file)}
+    assert healthcheck.health_port(env) == 8000
+    assert healthcheck.health_port({**env, POOL_ENV: "medium"}) == 8102
+    assert healthcheck.health_port({**env, POOL_ENV: "medium", "FANOUT_HEALTH_PORT": "9"}) == 9
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/health" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[http.server.HTTPServer]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_the_health_check_passes_on_200_only(health_server: http.server.HTTPServer,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    healthcheck = load_healthcheck()
+    monkeypatch.setenv("FANOUT_HEALTH_PORT", str(health_server.server_address[1]))
+    monkeypatch.setattr(_Health, "status", 200)
+    assert healthcheck.main() == 0
+    monkeypatch.setattr(_Health, "status", 503)  # a worker still loading, a pool down
+    assert healthcheck.main() == 1
+
+
+def test_the_health_check_fails_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("FANOUT_HEALTH_PORT", str(port))
+    assert load_healthcheck().main() == 1
