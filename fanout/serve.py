@@ -83,23 +83,40 @@ class Supervisor:
                 for name, (_, process) in self.running.items() if process.poll() is not None]
 
     def wait_healthy(self, timeout: float) -> None:
-        """Block until the front reports every pool's every worker ready."""
-        front_health = self.running["front"][0].health_url
+        """Block until every pool's every worker is ready: as the front reports it, or,
+        with no front among the tiers started (``--only``), as each pool reports itself."""
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         while time.monotonic() < deadline:
             if died := self.dead():
                 raise RuntimeError("; ".join(died))
-            try:
-                body = requests.get(front_health, timeout=2).json()
-                if body.get("status") == "ok":
-                    return
-                last = ", ".join(f"{name}: {pool['ready_workers']}/{pool['workers']} ready"
-                                 for name, pool in body.get("pools", {}).items())
-            except (requests.RequestException, ValueError):
-                pass
+            ready, last = self._ready() if "front" in self.running else self._pools_ready()
+            if ready:
+                return
             time.sleep(POLL_SECONDS)
         raise RuntimeError(f"not healthy after {timeout:g}s ({last})")
+
+    def _ready(self) -> tuple[bool, str]:
+        try:
+            body = requests.get(self.running["front"][0].health_url, timeout=2).json()
+        except (requests.RequestException, ValueError):
+            return False, "no answer yet"
+        return body.get("status") == "ok", ", ".join(
+            f"{name}: {pool['ready_workers']}/{pool['workers']} ready"
+            for name, pool in body.get("pools", {}).items())
+
+    def _pools_ready(self) -> tuple[bool, str]:
+        counts = []
+        for name, (tier, _) in self.running.items():
+            workers = len(self.layout.pools[name.removeprefix("pool-")].slots)
+            try:
+                body = requests.get(tier.health_url, timeout=2).json()
+                ready = len(body.get("ready_slots", {}))
+            except (requests.RequestException, ValueError, AttributeError):
+                ready = 0
+            counts.append((name, ready, workers))
+        return (all(ready == workers for _, ready, workers in counts),
+                ", ".join(f"{name}: {ready}/{workers} ready" for name, ready, workers in counts))
 
     def watch(self) -> None:
         """Return when a tier dies (raising) or a signal arrives (raising Stop)."""

@@ -284,7 +284,10 @@ class FanoutClient:
         while (host := host_set.choose(set(unreachable))) is not None:
             try:
                 with host_set.sending(host):
-                    return send(host)
+                    result = send(host)
+                if not host.in_service:  # tried while out, and it answered: it is back
+                    host_set.bring_back(host)
+                return result
             except _Unreachable as exc:
                 host_set.take_out(host, str(exc))
                 unreachable[host.url] = str(exc)

@@ -3,21 +3,25 @@
 A pool may run its worker tier on several machines (the layout's ``pools.NAME.hosts``).
 Each sample goes to the host in service with the fewest samples outstanding, so a
 request's samples spread over the hosts and a slower host gets less. A host that
-refuses or cannot be reached goes out of service at once; the watcher asks its
-``/health`` every ``front.host_check_seconds`` and brings it back when it answers 200.
+refuses or cannot be reached goes out of service at once, whether a sample or the
+watcher finds it; every ``front.host_check_seconds`` the watcher checks each host.
 
-Hosts in service are not probed: a worker tier's sync workers answer ``/health`` only
-between generations, so a probe of a busy host would time out and take a healthy host
-out exactly when it is needed. Real traffic finds dead hosts as fast as a probe would.
+The check differs by state. A host in service only has to accept a TCP connection: its
+sync workers answer ``/health`` only between generations, so an HTTP probe of a busy
+host would time out and take a healthy host out exactly when it is needed, while the
+kernel accepts connections into the listen backlog however busy the workers are. A
+host out of service comes back once ``GET /health`` answers 200: a worker is ready.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import requests
 
@@ -97,9 +101,14 @@ class HostSet:
         with self.lock:
             return [host for host in self.hosts if not host.in_service]
 
+    def in_service(self) -> list[Host]:
+        with self.lock:
+            return [host for host in self.hosts if host.in_service]
+
 
 class HostWatcher:
-    """A thread that asks the hosts out of service for /health and brings them back."""
+    """A thread that takes out hosts that stop accepting connections and brings back
+    hosts out of service once their /health answers 200."""
 
     def __init__(self, host_sets: Mapping[str, HostSet], interval: float) -> None:
         self.host_sets, self.interval = host_sets, interval
@@ -112,11 +121,31 @@ class HostWatcher:
     def _run(self) -> None:
         while not self.stopping.wait(self.interval):
             for host_set in self.host_sets.values():
+                for host in host_set.in_service():
+                    if self.stopping.is_set():
+                        return
+                    if (failure := self.unreachable(host.url)) is not None:
+                        host_set.take_out(host, failure)
                 for host in host_set.out_of_service():
                     if self.stopping.is_set():
                         return
                     if self.ready(host.url):
                         host_set.bring_back(host)
+
+    @staticmethod
+    def unreachable(url: str) -> str | None:
+        """Why a TCP connection to the host's server fails, or None when it opens."""
+        address = urlsplit(url)
+        try:
+            with socket.create_connection((address.hostname, address.port),
+                                          timeout=HEALTH_TIMEOUT):
+                return None
+        except TimeoutError:
+            return "did not accept a connection in time"
+        except ConnectionRefusedError:
+            return "refused the connection"
+        except OSError as error:
+            return f"could not be connected to ({error.strerror or error})"
 
     def ready(self, url: str) -> bool:
         """Whether the host's /health says at least one of its workers is ready."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 from prometheus_client import REGISTRY
 
-from frontend_api.hosts import HostSet
+from fanout.ports import free_port
+from frontend_api.hosts import HostSet, HostWatcher
 
 URLS = ("http://10.0.0.1:8101", "http://10.0.0.2:8101", "http://10.0.0.3:8101")
 
@@ -44,3 +48,25 @@ def test_hosts_out_of_service_go_last_and_tried_ones_never() -> None:
     assert hosts.choose(set(URLS)) is None
     hosts.bring_back(lost)
     assert lost.in_service and gauge("out", lost.url) == 1 and not hosts.out_of_service()
+
+
+def test_the_watcher_takes_out_a_host_that_stops_listening_but_not_a_busy_one() -> None:
+    # A server whose workers are all busy: it listens, and accepts no one (backlog only).
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(8)
+    busy_url = f"http://127.0.0.1:{busy.getsockname()[1]}"
+    gone_url = f"http://127.0.0.1:{free_port()}"
+    hosts = HostSet("watched", (busy_url, gone_url))
+    watcher = HostWatcher({"watched": hosts}, interval=0.05)
+    try:
+        deadline = time.monotonic() + 5
+        while hosts.hosts[1].in_service:
+            assert time.monotonic() < deadline, "the closed host stayed in service"
+            time.sleep(0.02)
+        time.sleep(0.3)  # several more rounds of checks
+        assert hosts.hosts[0].in_service
+        assert hosts.hosts[1].out_reason == "refused the connection"
+    finally:
+        watcher.stop()
+        busy.close()
