@@ -73,7 +73,8 @@ GENERATION_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top
 AUTOCOMPLETE_FIELDS = (GENERATION_FIELDS - {"stop"}) | {"model_size", "n_samples"}
 # POST /v1/completions, as OpenAI's API names them.
 COMPLETION_FIELDS = frozenset({"model", "prompt", "n", "max_tokens", "temperature", "top_p",
-                               "seed", "stop", "stream", "user"})
+                               "seed", "stop", "stream", "user",
+                               "top_k"})  # not OpenAI's: an extension, as other servers have
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
 OPENAI_DEFAULT_MAX_TOKENS = 16
@@ -121,8 +122,9 @@ def parse_completion(body: Any, defaults: GenerationDefaults, limits: Generation
                      pools: Mapping[str, object], max_samples: int) -> CompletionRequest:
     """Check a ``/v1/completions`` body, with OpenAI's names and defaults.
 
-    ``model`` is a pool; OpenAI has no top-k, so it is off; a ``prompt`` may be one string
-    or a list holding one (batches of prompts are not served).
+    ``model`` is a pool; OpenAI has no top-k, so it is off unless ``top_k`` (an extension)
+    asks; a ``prompt`` may be one string or a list holding one (batches of prompts are
+    not served).
     """
     fields = _Fields(body, COMPLETION_FIELDS)
     model = fields.string("model")
@@ -144,7 +146,7 @@ def parse_completion(body: Any, defaults: GenerationDefaults, limits: Generation
         length=fields.integer("max_tokens", min(OPENAI_DEFAULT_MAX_TOKENS, limits.length), 1,
                               limits.length),
         temperature=fields.number("temperature", 1.0, 0.0, 2.0),
-        top_k=0,
+        top_k=fields.integer("top_k", 0, 0, MAX_TOP_K),
         top_p=fields.number("top_p", 1.0, 0.0, 1.0, low_open=True),
         max_time=defaults.max_time,
         seed=fields.optional_integer("seed", 0, MAX_SEED),

@@ -26,7 +26,8 @@ let preferredModel;      // the model saved in the settings, until the list of m
 // ---- settings and document persistence -------------------------------------------
 
 function readSettings() {
-  const settings = { model_size: modelSelect.value || undefined };
+  const settings = { model_size: modelSelect.value || undefined,
+                     stream: form.elements.stream.checked };
   for (const name of NUMBER_FIELDS) {
     const value = Number(form.elements[name].value);
     if (form.elements[name].value !== "" && Number.isFinite(value)) settings[name] = value;
@@ -45,6 +46,7 @@ function restoreSettings() {
   for (const name of NUMBER_FIELDS) {
     if (saved[name] !== undefined) form.elements[name].value = saved[name];
   }
+  form.elements.stream.checked = saved.stream === true;
   return saved.model_size;
 }
 
@@ -78,7 +80,8 @@ async function errorMessage(response) {
   let detail = "";
   try {
     const body = await response.json();
-    detail = body.description || body.title || "";
+    // The front's own shape, or OpenAI's under /v1/ (the streamed suggestions).
+    detail = body.description || body.title || body.error?.message || "";
   } catch { /* not JSON: keep the status alone */ }
   const what = response.status >= 500
     ? "The model server is not answering right now"
@@ -110,17 +113,24 @@ async function requestSuggestions() {
   const controller = new AbortController();
   inFlight = controller;
   showStatus("Thinking…", "busy");
+  const { stream, ...fields } = readSettings();
+  const context = editor.value.slice(0, anchor);
   try {
+    if (stream) {
+      await streamSuggestions(context, fields, controller);
+      return;
+    }
     const response = await fetch("/autocomplete", {
       method: "POST",
       headers: { "Content-Type": "application/json", ...authHeaders() },
-      body: JSON.stringify({ context: editor.value.slice(0, anchor), ...readSettings() }),
+      body: JSON.stringify({ context, ...fields }),
       signal: controller.signal,
     });
     if (!response.ok) throw new Error(await errorMessage(response));
     const body = await response.json();
     if (controller.signal.aborted) return;  // typed meanwhile: this answer is stale
-    showStatus(`${body.sentences.length} suggestions in ${body.time.toFixed(2)} s`);
+    showStatus(`${body.sentences.length} suggestions in ${body.time.toFixed(2)} s`
+               + (body.partial ? ` (${body.failed.length} did not arrive in time)` : ""));
     openList(body.sentences);
   } catch (error) {
     if (error.name === "AbortError") return;
@@ -129,6 +139,64 @@ async function requestSuggestions() {
   } finally {
     if (inFlight === controller) inFlight = null;
   }
+}
+
+// The same fan-out through the OpenAI-compatible route with "stream": the list opens at
+// once and each suggestion grows as its worker writes it (server-sent events, one
+// "data:" line per chunk, tagged with the suggestion's index, then "data: [DONE]").
+async function streamSuggestions(context, fields, controller) {
+  const started = performance.now();
+  const response = await fetch("/v1/completions", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+    body: JSON.stringify({
+      model: fields.model_size, prompt: context, n: fields.n_samples, stream: true,
+      max_tokens: fields.length, temperature: fields.temperature, top_k: fields.top_k,
+      top_p: fields.top_p,
+    }),
+    signal: controller.signal,
+  });
+  if (!response.ok) throw new Error(await errorMessage(response));
+  const growing = Array.from({ length: fields.n_samples || 1 },
+                             () => ({ value: "", time: null, failed: false }));
+  openList(growing);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();  // rejects with AbortError on abort
+    if (done) break;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const data = buffer.slice(0, end).split("\n").filter((line) => line.startsWith("data: "))
+        .map((line) => line.slice(6)).join("\n");
+      buffer = buffer.slice(end + 2);
+      if (data === "[DONE]") {
+        finishStream(growing, started);
+        return;
+      }
+      for (const choice of JSON.parse(data).choices) {
+        const suggestion = growing[choice.index];
+        suggestion.value += choice.text;
+        if (choice.finish_reason) {
+          suggestion.time = (performance.now() - started) / 1000;
+          suggestion.failed = choice.finish_reason === "error";
+        }
+        showSuggestion(choice.index);
+      }
+    }
+  }
+  throw new Error("The server ended the suggestions early. Your text is safe.");
+}
+
+function finishStream(growing, started) {
+  const arrived = growing.filter((suggestion) => !suggestion.failed);
+  const seconds = ((performance.now() - started) / 1000).toFixed(2);
+  const failed = growing.length - arrived.length;
+  showStatus(`${arrived.length} suggestions in ${seconds} s`
+             + (failed ? ` (${failed} did not arrive in time)` : ""));
+  if (!arrived.length) closeList();
+  else if (failed) openList(arrived);
 }
 
 function abortInFlight() {
@@ -149,11 +217,10 @@ function openList(sentences) {
     item.id = `suggestion-${index}`;
     const text = document.createElement("span");
     text.className = "text";
-    text.textContent = sentence.value;
     const time = document.createElement("span");
     time.className = "time";
-    time.textContent = `${sentence.time.toFixed(2)} s`;
     item.append(text, time);
+    fillItem(item, sentence);
     item.addEventListener("mousedown", (event) => {
       event.preventDefault();  // keep the focus (and the caret) in the document
       choose(index);
@@ -165,6 +232,18 @@ function openList(sentences) {
   editor.setAttribute("aria-controls", list.id);
   editor.setAttribute("aria-expanded", "true");
   select(0);
+}
+
+// A suggestion's text and time; a streamed one is still being written until its time.
+function fillItem(item, sentence) {
+  item.querySelector(".text").textContent = sentence.value;
+  item.querySelector(".time").textContent = sentence.failed ? "failed"
+    : sentence.time === null ? "…" : `${sentence.time.toFixed(2)} s`;
+  item.setAttribute("aria-busy", String(sentence.time === null));
+}
+
+function showSuggestion(index) {
+  if (list.children[index]) fillItem(list.children[index], suggestions[index]);
 }
 
 function closeList() {
@@ -184,6 +263,7 @@ function select(index) {
 
 function choose(index) {
   const text = suggestions[index].value;
+  abortInFlight();  // a suggestion still streaming is taken as it stands
   editor.setRangeText(text, anchor, anchor, "end");
   closeList();
   saveDocument();

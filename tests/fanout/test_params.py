@@ -98,6 +98,8 @@ def test_openai_completions_take_openais_defaults() -> None:
     stopped = completion({"model": "small", "prompt": "x", "stop": "\n", "n": 2})
     assert stopped.request.params.stop == ("\n",) and stopped.request.n_samples == 2
     assert stopped.request.params.to_json()["stop"] == ("\n",)
+    # top_k is an extension (the editor sends it): off unless asked for.
+    assert completion({"model": "small", "top_k": 5}).request.params.top_k == 5
 
 
 @pytest.mark.parametrize(("body", "field", "status"), [
@@ -110,7 +112,8 @@ def test_openai_completions_take_openais_defaults() -> None:
     ({"model": "small", "stop": [""]}, "stop", 400),
     ({"model": "small", "stop": [1]}, "stop", 400),
     ({"model": "small", "temperature": 2.5}, "temperature", 400),
-    ({"model": "small", "top_k": 5}, "top_k", 400),  # not an OpenAI field
+    ({"model": "small", "top_k": -1}, "top_k", 400),
+    ({"model": "small", "top_k": 2.5}, "top_k", 400),
 ])
 def test_bad_openai_fields_are_named(body: Any, field: str, status: int) -> None:
     with pytest.raises(ParamError) as caught:

@@ -145,6 +145,47 @@ def test_a_reload_brings_back_the_document_and_the_settings(page: Page) -> None:
     expect(page.locator("#suggestions [role=option]")).to_have_count(2)
 
 
+# Records every state of suggestion 0 as the page shows it: (still being written?, text).
+WATCH_FIRST_SUGGESTION = """() => {
+  window.seen = [];
+  new MutationObserver(() => {
+    const item = document.querySelector("#suggestion-0");
+    if (item) window.seen.push([item.getAttribute("aria-busy"),
+                                item.querySelector(".text").textContent]);
+  }).observe(document.querySelector("#suggestions"),
+             {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def test_streamed_suggestions_grow_as_they_are_written(page: Page) -> None:
+    page.locator("#settings summary").click()
+    page.locator("input[name=stream]").check()
+    page.locator("input[name=length]").fill("80")
+    page.locator("input[name=length]").dispatch_event("change")
+    page.reload()  # the setting is kept, like the others
+    expect(page.locator("input[name=stream]")).to_be_checked()
+    page.evaluate(WATCH_FIRST_SUGGESTION)
+    page.locator("#document").click()
+    page.keyboard.type("The nation")
+
+    with page.expect_request("**/v1/completions") as streamed:
+        page.keyboard.press("Tab")
+
+    assert (streamed.value.post_data_json or {}).get("stream") is True
+    expect(page.locator("#suggestions [role=option]")).to_have_count(3)
+    expect(page.locator("#suggestions [role=option][aria-busy=false]")).to_have_count(3)
+    expect(page.locator("#status")).to_contain_text("3 suggestions in")
+    final = options(page)
+    seen = [(busy, text) for busy, text in page.evaluate("window.seen")]
+    growing = {text for busy, text in seen if busy == "true" and text}
+    # Shown in several stages while being written, each the start of the finished text.
+    assert len(growing) >= 2 and all(final[0].startswith(text) for text in growing)
+    expect(page.locator("#suggestions .time").first).to_contain_text(" s")
+
+    page.keyboard.press("Enter")
+    assert page.locator("#document").input_value() == "The nation" + final[0]
+
+
 def test_with_the_worker_tier_down_the_editor_says_so_and_keeps_the_text(
         page: Page, tiers: RunningTiers) -> None:
     # Last in this module: it stops the pool for good.
