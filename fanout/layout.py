@@ -152,6 +152,11 @@ class Pool:
     def urls(self) -> tuple[str, ...]:
         return self.hosts or (self.bind.url,)
 
+    @property
+    def total_workers(self) -> int:
+        """Every host's workers: each host runs one worker per slot."""
+        return len(self.slots) * len(self.urls)
+
 
 @dataclass(frozen=True)
 class Layout:

@@ -27,7 +27,7 @@ class Admission:
     def __init__(self, front: Front, pools: Mapping[str, Pool]) -> None:
         self.max_inflight = front.max_inflight
         self.max_queued = front.max_queued_samples
-        self.workers = {name: len(pool.slots) * len(pool.urls) for name, pool in pools.items()}
+        self.workers = {name: pool.total_workers for name, pool in pools.items()}
         self.lock = threading.Lock()
         self.inflight = 0
         self.samples = dict.fromkeys(pools, 0)

@@ -456,7 +456,7 @@ class FanoutClient:
         summaries = {}
         for name, futures_of_pool in asked.items():
             hosts = [future.result() for future in futures_of_pool]
-            workers = sum(host["workers"] for host in hosts)
+            workers = self.pools[name].total_workers
             ready = sum(host["ready_workers"] for host in hosts)
             summaries[name] = {"url": hosts[0]["url"], "status": _status(ready, workers),
                                "workers": workers, "ready_workers": ready, "hosts": hosts}

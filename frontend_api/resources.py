@@ -108,7 +108,7 @@ class Models:
             "default": layout.default_pool.name,
             "models": [
                 {"name": pool.name, "model": pool.model.name, "dtype": pool.dtype,
-                 "workers": len(pool.slots) * len(pool.urls), "hosts": len(pool.urls),
+                 "workers": pool.total_workers, "hosts": len(pool.urls),
                  "devices": list(pool.devices)}
                 for pool in layout.pools.values()
             ],

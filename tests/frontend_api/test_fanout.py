@@ -80,19 +80,15 @@ class WorkerTier:
     def bind(self) -> Bind:
         return Bind("127.0.0.1", self.server.server_address[1])
 
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
 
 def pool(bind: Bind, workers: int = 2, hosts: tuple[Bind, ...] = ()) -> Pool:
     return Pool(name="small", model=Model("m", None), dtype="float32", bind=bind,
                 slots=tuple(Slot(i, "cpu") for i in range(workers)),
                 hosts=tuple(host.url for host in hosts))
-
-
-@pytest.fixture
-def tier() -> Iterator[WorkerTier]:
-    running = WorkerTier()
-    yield running
-    running.server.shutdown()
-    running.server.server_close()
 
 
 @pytest.fixture
@@ -247,8 +243,7 @@ def slowly(body: dict[str, Any]) -> tuple[int, Any]:
 def second_tier() -> Iterator[WorkerTier]:
     running = WorkerTier()
     yield running
-    running.server.shutdown()
-    running.server.server_close()
+    running.close()
 
 
 def test_samples_spread_over_a_pools_hosts(tier: WorkerTier, second_tier: WorkerTier) -> None:
@@ -295,8 +290,7 @@ def test_a_host_that_refuses_is_skipped_and_comes_back(tier: WorkerTier) -> None
     finally:
         client.close()
         if returned is not None:
-            returned.server.shutdown()
-            returned.server.server_close()
+            returned.close()
 
 
 def test_a_pool_none_of_whose_hosts_answer_is_down() -> None:

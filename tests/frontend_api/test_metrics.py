@@ -113,14 +113,6 @@ def test_in_flight_requests_and_admission_rejections(layout: Layout) -> None:
 
 
 @pytest.fixture
-def tier() -> Iterator[WorkerTier]:
-    running = WorkerTier()
-    yield running
-    running.server.shutdown()
-    running.server.server_close()
-
-
-@pytest.fixture
 def front(layout: Layout, tier: WorkerTier) -> Iterator[falcon.testing.TestClient]:
     """The front with its real fan-out client, sending to the stand-in pool."""
     client = FanoutClient({"small": pool(tier.bind, workers=3)}, threads=8, network_slack=0.5)

@@ -76,11 +76,7 @@ class RunningTiers:
                 time.sleep(0.2)
 
     def ready_slots(self, pool: str) -> dict[str, int]:
-        try:
-            body: dict[str, Any] = requests.get(f"{self.pool_url(pool)}/health", timeout=2).json()
-        except (requests.RequestException, ValueError):
-            return {}
-        return dict(body.get("ready_slots", {}))
+        return ready_slots(self.pool_url(pool))
 
     def _check_alive(self) -> None:
         for name, process in self.processes.items():
@@ -101,6 +97,16 @@ class RunningTiers:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def ready_slots(url: str) -> dict[str, int]:
+    """The ready slots (slot -> pid) a worker-tier server at ``url`` reports; none when it
+    does not answer."""
+    try:
+        body: dict[str, Any] = requests.get(f"{url}/health", timeout=2).json()
+    except (requests.RequestException, ValueError):
+        return {}
+    return dict(body.get("ready_slots", {}))
 
 
 def _answers(url: str) -> bool:

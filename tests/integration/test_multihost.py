@@ -26,7 +26,7 @@ from fanout.ports import free_port
 from fanout.tiers import tiers
 from tests.conftest import layout_document
 from tests.integration.netns import NetnsHost, why_no_namespaces
-from tests.integration.servers import READY_SECONDS, RunningTiers
+from tests.integration.servers import READY_SECONDS, RunningTiers, ready_slots
 
 POOL_PORT = 8101  # the same on both hosts: each namespace has its own ports
 WORKERS_PER_HOST = 2
@@ -58,14 +58,6 @@ class TwoHosts:
         return body["pools"]["small"]
 
 
-def _ready(url: str) -> bool:
-    try:
-        body = requests.get(f"{url}/health", timeout=2).json()
-    except (requests.RequestException, ValueError):
-        return False
-    return len(body.get("ready_slots", {})) == WORKERS_PER_HOST
-
-
 @pytest.fixture(scope="module")
 def two_hosts(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
               ) -> Iterator[TwoHosts]:
@@ -91,7 +83,7 @@ def two_hosts(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
         front = RunningTiers(path, folder, only={"front"})
         running = TwoHosts(front, hosts, started)
         deadline = time.monotonic() + READY_SECONDS
-        while not all(_ready(url) for url in running.urls):
+        while not all(len(ready_slots(url)) == WORKERS_PER_HOST for url in running.urls):
             assert time.monotonic() < deadline, "the worker tiers did not get ready"
             assert all(p.poll() is None for p in started), "a worker tier exited"
             time.sleep(0.2)
