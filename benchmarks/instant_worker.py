@@ -22,7 +22,7 @@ import falcon
 from fanout.layout import load_layout
 from fanout.params import GenerationParams
 from worker_api.app import create_app
-from worker_api.resources import WorkerIdentity
+from worker_api.resources import Generator, WorkerIdentity
 from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard, pool_from_env
 
 
@@ -60,10 +60,16 @@ class InstantGenerator:
         return {}  # no model to hold; measuring per request would only add to the timings
 
 
-def get_app() -> falcon.App:
+def stand_in_app(generator: Generator) -> falcon.App:
+    """The real worker app of this process's pool and slot around ``generator``, the slot
+    marked ready at once: what a stand-in worker's ``get_app`` returns."""
     layout = load_layout()
     pool = pool_from_env(layout)
     slot = pool.slots[int(os.environ.get(SLOT_ENV, "0"))]
     board = SlotBoard(Path(os.environ.get(STATE_DIR_ENV) or tempfile.mkdtemp(prefix="fanout-")))
     board.mark_ready(slot.index, os.getpid(), slot.device)
-    return create_app(InstantGenerator(), layout, WorkerIdentity(pool, slot), board)
+    return create_app(generator, layout, WorkerIdentity(pool, slot), board)
+
+
+def get_app() -> falcon.App:
+    return stand_in_app(InstantGenerator())

@@ -152,15 +152,18 @@ class _Load:
     def elapsed(self) -> float:
         return self.last_answer - self.origin
 
-    def take_ticket(self) -> bool:
+    def take_ticket(self) -> float | None:
+        """When the next request may start (now), or None once the run is over. The time is
+        the request's start, so that no record starts after the deadline."""
         with self.lock:
-            if self.stop.is_set() or time.monotonic() >= self.deadline:
-                return False
+            now = time.monotonic()
+            if self.stop.is_set() or now >= self.deadline:
+                return None
             if self.budget is not None:
                 if self.budget <= 0:
-                    return False
+                    return None
                 self.budget -= 1
-            return True
+            return now
 
     def user(self, user: int, users: int) -> None:
         # Stagger the first requests over one think time, so users do not march in step.
@@ -168,8 +171,8 @@ class _Load:
             return
         with requests.Session() as session:
             session.trust_env = False  # the front is ours: no proxy or .netrc look-ups
-            while self.take_ticket():
-                record = self.send(session, user)
+            while (ticket := self.take_ticket()) is not None:
+                record = self.send(session, user, ticket)
                 self.add(record)
                 # A polite editor waits as long as a 503 asks before it tries again.
                 pause = min(max(self.think, record.retry_after),
@@ -177,8 +180,7 @@ class _Load:
                 if pause > 0 and self.stop.wait(pause):
                     return
 
-    def send(self, session: requests.Session, user: int) -> Record:
-        started = time.monotonic()
+    def send(self, session: requests.Session, user: int, started: float) -> Record:
         status, sentences, error, partial, retry_after = NO_ANSWER, 0, "", False, 0.0
         try:
             response = session.post(self.endpoint, json=self.body, timeout=self.timeout)

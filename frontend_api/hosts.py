@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from frontend_api.metrics import HOST_UP
+from frontend_api.metrics import HOST_SAMPLES, HOST_UP
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class HostSet:
     @contextmanager
     def sending(self, host: Host) -> Iterator[None]:
         """Count one sample outstanding on ``host`` while it is out."""
+        HOST_SAMPLES.labels(self.pool, host.url).inc()
         with self.lock:
             host.outstanding += 1
         try:
@@ -115,22 +116,36 @@ class HostWatcher:
         self.session = requests.Session()
         self.session.trust_env = False  # our own hosts: no proxy, no .netrc
         self.stopping = threading.Event()
+        self.rounds = 0  # checks done, for whoever must know one happened (the tests)
+        self._checked = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="host-watcher", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stopping.wait(self.interval):
-            for host_set in self.host_sets.values():
-                for host in host_set.in_service():
-                    if self.stopping.is_set():
-                        return
-                    if (failure := self.unreachable(host.url)) is not None:
-                        host_set.take_out(host, failure)
-                for host in host_set.out_of_service():
-                    if self.stopping.is_set():
-                        return
-                    if self.ready(host.url):
-                        host_set.bring_back(host)
+            self.check()
+            with self._checked:
+                self.rounds += 1
+                self._checked.notify_all()
+
+    def check(self) -> None:
+        """One round: every host in service, then every host out of it."""
+        for host_set in self.host_sets.values():
+            for host in host_set.in_service():
+                if self.stopping.is_set():
+                    return
+                if (failure := self.unreachable(host.url)) is not None:
+                    host_set.take_out(host, failure)
+            for host in host_set.out_of_service():
+                if self.stopping.is_set():
+                    return
+                if self.ready(host.url):
+                    host_set.bring_back(host)
+
+    def wait_rounds(self, count: int, timeout: float) -> bool:
+        """Until ``count`` rounds are done since start; False if ``timeout`` came first."""
+        with self._checked:
+            return self._checked.wait_for(lambda: self.rounds >= count, timeout)
 
     @staticmethod
     def unreachable(url: str) -> str | None:

@@ -34,6 +34,9 @@ SAMPLE_FAILURES = Counter("fanout_front_sample_failures", "Samples that did not 
 HOST_UP = Gauge("fanout_front_host_up", "Whether the front sends samples to a pool's host "
                 "(1) or holds it out of service after a failed connection (0)",
                 ["pool", "host"])
+HOST_SAMPLES = Counter("fanout_front_host_samples", "Samples sent to each of a pool's hosts "
+                       "(every try, retries included): how the fan-out spreads over them",
+                       ["pool", "host"])
 SAMPLE_RETRIES = Counter("fanout_front_sample_retries", "Samples sent again because their "
                          "worker dropped the connection, by pool", ["pool"])
 

@@ -66,7 +66,9 @@ class WorkerObserver(RequestObserver):
             TOKEN_RATE.labels(self.label).observe(done.tokens / done.time)
         # Generation is what grows a worker's memory: measure it after each one.
         record_memory(self.slot, self.memory())
-        note(tokens=done.tokens)  # a stream ends after its log line: no field there
+        # Why it ended ("abandoned": its front left) tells a stopped sample from a finished
+        # one. A stream ends after its log line: no fields there.
+        note(tokens=done.tokens, finish_reason=done.finish_reason)
 
 
 def record_boot(slot: Slot, load_seconds: float, restarted: bool,

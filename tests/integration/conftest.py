@@ -1,15 +1,20 @@
-"""Both tiers as real gunicorn processes on free loopback ports, one set per module."""
+"""Both tiers as real gunicorn processes on free loopback ports, one set per module, and
+a headless Chromium for the editor's tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from playwright.sync_api import Browser
 
 from fanout.ports import free_port
 from tests.conftest import layout_document
+from tests.integration.browser import chromium
+from tests.integration.paced_worker import PACED_APP, Gates
 from tests.integration.servers import RunningTiers
 
 
@@ -35,3 +40,39 @@ def tiers(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
         yield running
     finally:
         running.stop()
+
+
+SAMPLES = 3  # the paced pool's workers
+
+
+@dataclass
+class Paced:
+    tiers: RunningTiers
+    gates: Gates
+
+
+@pytest.fixture
+def paced(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Paced]:
+    """A front and a paced pool ``small`` of three workers; nothing is written until the
+    test opens a gate, and a sample may wait up to a minute for one."""
+    gates = Gates(tmp_path / "gates")
+    document = layout_document(
+        tiny_model_dir,
+        pools={"small": {"bind": f"127.0.0.1:{free_port()}", "worker_timeout": 120,
+                         "slots": [{"device": "cpu", "threads": 1}] * SAMPLES}},
+        front={"bind": f"127.0.0.1:{free_port()}"},
+        generation={"defaults": {"max_time": 60.0}, "limits": {"max_time": 60.0}})
+    path = tmp_path / "gpu_layout.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    running = RunningTiers(path, tmp_path, env=gates.env, apps={"pool-small": PACED_APP})
+    try:
+        running.wait_ready()
+        yield Paced(running, gates)
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched

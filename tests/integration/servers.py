@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 from fanout.layout import LAYOUT_ENV, load_layout
 from fanout.tiers import tiers
 
 READY_SECONDS = 120.0
+REPO = Path(__file__).resolve().parents[2]
 
 
 class RunningTiers:
     """The gunicorn masters of a layout, started and stopped together."""
 
     def __init__(self, layout_path: Path, log_dir: Path, only: set[str] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
-        """``env`` adds to the environment every tier starts with (e.g. ``FANOUT_API_KEYS``)."""
+                 env: Mapping[str, str] | None = None,
+                 apps: Mapping[str, str] | None = None) -> None:
+        """``env`` adds to the environment every tier starts with (e.g. ``FANOUT_API_KEYS``);
+        ``apps`` swaps a tier's WSGI app for a stand-in (tier name -> ``module:get_app()``)."""
         self.layout = load_layout(layout_path)
+        self.apps = dict(apps or {})
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         self.log_dir = log_dir
@@ -37,10 +44,13 @@ class RunningTiers:
     def start(self, name: str) -> None:
         """Start one tier (``front`` or ``pool-NAME``); its log is appended to."""
         tier = next(t for t in tiers(self.layout) if t.name == name)
+        argv = tier.argv
+        if name in self.apps:  # tests/ is no installed package: gunicorn finds it here
+            argv = (*argv[:-1], "--pythonpath", str(REPO), self.apps[name])
         self.logs[name] = self.log_dir / f"{name}.log"
         with self.logs[name].open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                tier.argv, env={**self.env, **tier.env}, stdout=log, stderr=subprocess.STDOUT,
+                argv, env={**self.env, **tier.env}, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
     def stop_tier(self, name: str) -> None:
@@ -83,6 +93,49 @@ class RunningTiers:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log_tail()}")
 
+    def log_size(self, name: str) -> int:
+        """Where tier ``name``'s log ends now: pass it to ``wait_for_log`` as ``since``."""
+        return self.logs[name].stat().st_size
+
+    def wait_for_log(self, name: str, text: str, since: int = 0,
+                     seconds: float = READY_SECONDS) -> None:
+        """Until tier ``name`` logs ``text`` (after byte ``since`` of its log)."""
+        deadline = time.monotonic() + seconds
+        while text not in self.logs[name].read_bytes()[since:].decode(errors="replace"):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} never logged {text!r}:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def request_lines(self, name: str, request_id: str, count: int,
+                      seconds: float = READY_SECONDS) -> list[dict[str, Any]]:
+        """Tier ``name``'s JSON log lines for ``request_id``, once there are ``count``."""
+        deadline = time.monotonic() + seconds
+        while len(mine := self._request_lines(name, request_id)) < count:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} logged {len(mine)} of {count} lines for "
+                                   f"{request_id}:\n{self.log_tail()}")
+            time.sleep(0.05)
+        return mine
+
+    def _request_lines(self, name: str, request_id: str) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.logs[name].read_text().splitlines()
+                 if line.startswith("{")]
+        return [line for line in lines if line.get("request_id") == request_id]
+
+    def wait_serving(self, pool: str, pids: list[int],
+                     seconds: float = READY_SECONDS) -> None:
+        """Until each worker in ``pids`` holds a connection it accepted on the pool's port,
+        that is, serves a request now (a sync worker serves one at a time)."""
+        port = self.layout.pools[pool].bind.port
+        deadline = time.monotonic() + seconds
+        while not all(serving(pid, port) for pid in pids):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers {pids} of {pool} are not all serving")
+            time.sleep(0.02)
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(f"--- {name}\n" + "\n".join(path.read_text().splitlines()[-lines:])
                          for name, path in self.logs.items())
@@ -107,6 +160,30 @@ def ready_slots(url: str) -> dict[str, int]:
     except (requests.RequestException, ValueError):
         return {}
     return dict(body.get("ready_slots", {}))
+
+
+@contextmanager
+def paused(pids: Iterable[int]) -> Iterator[None]:
+    """Workers stopped (SIGSTOP) for the block: they accept and answer nothing meanwhile."""
+    stopped = list(pids)
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in stopped:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def serving(pid: int, port: int) -> bool:
+    """Does process ``pid`` hold an accepted connection on ``port`` (not its listener)?"""
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+               for c in connections)
 
 
 def _answers(url: str) -> bool:

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from fanout.ports import free_port
 from frontend_api.access import API_KEYS_ENV
 from tests.conftest import layout_document
+from tests.integration.browser import ARTIFACTS
 from tests.integration.servers import RunningTiers
-from tests.integration.test_editor import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -39,17 +39,6 @@ def tiers(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium or set FANOUT_CHROMIUM")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                              args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def test_the_real_front_refuses_without_the_key(tiers: RunningTiers) -> None:

@@ -6,12 +6,10 @@ one of them returns must match what the front and its clients saw.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,18 +46,6 @@ def autocomplete(tiers: RunningTiers, body: dict[str, Any],
                              timeout=30)
     assert response.status_code == 200, response.text
     return response
-
-
-def request_lines(log: Path, request_id: str, count: int) -> list[dict[str, Any]]:
-    """The JSON request lines of ``request_id`` in a tier's log, once there are ``count``."""
-    deadline = time.monotonic() + 5
-    while True:
-        lines = [json.loads(line) for line in log.read_text().splitlines()
-                 if line.startswith("{")]
-        mine = [line for line in lines if line.get("request_id") == request_id]
-        if len(mine) >= count or time.monotonic() > deadline:
-            return mine
-        time.sleep(0.1)
 
 
 def test_the_counts_add_up_across_the_front_and_every_worker(tiers: RunningTiers) -> None:
@@ -103,13 +89,14 @@ def test_a_request_id_is_answered_and_logged_by_both_tiers(tiers: RunningTiers) 
                             headers={"X-Request-ID": request_id})
 
     assert response.headers["X-Request-ID"] == request_id
-    [front] = request_lines(tiers.logs["front"], request_id, 1)
+    [front] = tiers.request_lines("front", request_id, 1)
     assert (front["route"], front["method"], front["status"]) == ("/autocomplete", "POST", 200)
     assert (front["pool"], front["n_samples"], front["partial"]) == ("small", 3, False)
     assert front["duration_ms"] > 0 and front["logger"] == "fanout.requests"
-    workers = request_lines(tiers.logs["pool-small"], request_id, 3)
+    workers = tiers.request_lines("pool-small", request_id, 3)
     assert len(workers) == 3
-    assert {(w["route"], w["status"]) for w in workers} == {("/generate", 200)}
+    assert {(w["route"], w["status"], w["finish_reason"]) for w in workers} == {
+        ("/generate", 200, "length")}
     assert sorted(w["slot"] for w in workers) == [0, 1, 2]
     assert sum(w["tokens"] for w in workers) == sum(
         s["tokens"] for s in response.json()["sentences"])
@@ -120,8 +107,8 @@ def test_a_malformed_request_id_is_replaced_on_both_tiers(tiers: RunningTiers) -
                             headers={"X-Request-ID": "no spaces allowed"})
     request_id = response.headers["X-Request-ID"]
     assert request_id != "no spaces allowed" and len(request_id) == 32
-    assert len(request_lines(tiers.logs["front"], request_id, 1)) == 1
-    assert len(request_lines(tiers.logs["pool-small"], request_id, 2)) == 2
+    assert len(tiers.request_lines("front", request_id, 1)) == 1
+    assert len(tiers.request_lines("pool-small", request_id, 2)) == 2
 
 
 def test_a_killed_worker_counts_a_restart_and_keeps_its_counts(tiers: RunningTiers) -> None:
