@@ -16,6 +16,11 @@ def gauge(pool: str, url: str) -> float | None:
     return REGISTRY.get_sample_value("fanout_front_host_up", {"pool": pool, "host": url})
 
 
+def sent(pool: str, url: str) -> float | None:
+    return REGISTRY.get_sample_value("fanout_front_host_samples_total",
+                                     {"pool": pool, "host": url})
+
+
 def test_the_host_with_fewest_outstanding_samples_goes_first() -> None:
     hosts = HostSet("choose", URLS)
     first = hosts.choose(set())
@@ -27,6 +32,8 @@ def test_the_host_with_fewest_outstanding_samples_goes_first() -> None:
             third = hosts.choose(set())
             assert third is not None and {first.url, second.url, third.url} == set(URLS)
     assert [h.outstanding for h in hosts.hosts] == [0, 0, 0]
+    # Every sample sent is counted against its host, for /metrics; one chosen is not yet.
+    assert [sent("choose", h.url) for h in (first, second, third)] == [1.0, 1.0, None]
 
 
 def test_equally_loaded_hosts_take_turns() -> None:
