@@ -66,7 +66,7 @@ def test_a_generation_is_counted_timed_and_logged_with_its_tokens(
               value("fanout_worker_tokens_per_second_count", slot="1")]
 
     result = worker.simulate_post("/generate", json={"context": "Hello", "length": 7,
-                                                     "seed": 1},
+                                                     "max_time": 10, "seed": 1},
                                   headers={REQUEST_ID_HEADER: "front-abc"})
 
     assert result.status_code == 200 and result.json["tokens"] == 7

@@ -50,7 +50,7 @@ def test_health_is_503_until_the_model_is_warm(layout: Layout, cold_model: Langu
 def test_generate_answers_with_the_worker_identity(layout: Layout, cold_model: LanguageModel,
                                                    tmp_path: Path) -> None:
     result = app_for(layout, cold_model, tmp_path).simulate_post(
-        "/generate", json={"context": "Hello", "length": 6, "seed": 5})
+        "/generate", json={"context": "Hello", "length": 6, "seed": 5, "max_time": 10})
     assert result.status_code == 200
     body = result.json
     assert body["tokens"] == 6 and body["finish_reason"] == "length" and body["seed"] == 5
