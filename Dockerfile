@@ -1,6 +1,8 @@
 # One image for every tier of fanout: the command picks the tier (deploy/docker/entrypoint.sh).
 #
 #   docker run IMAGE front                       the front API (the default command)
+#   docker run IMAGE edge                        nginx, buffering for the front: run it in
+#                                                the front's network namespace
 #   docker run -e FANOUT_POOL=small IMAGE pool   the worker tier of one pool
 #   docker run IMAGE serve                       every tier in one container (a demo)
 #
@@ -27,6 +29,14 @@ RUN groupadd --gid 10001 fanout \
     && useradd --uid 10001 --gid fanout --create-home --shell /usr/sbin/nologin fanout \
     && mkdir /models
 
+# nginx for the edge (python -m fanout.edge): the binary only. fanout.edge writes the whole
+# configuration and puts its pid and temporary files in a run dir under /tmp, so uid 10001
+# runs it on a read-only root filesystem (with /tmp writable: a tmpfs or an emptyDir).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/* \
+    && nginx -v
+
 # torch first and alone: the largest layer, rebuilt only when TORCH or its index change.
 RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH" \
     && python -c "import torch; print('torch', torch.__version__)"
@@ -50,21 +60,27 @@ COPY deploy/docker/healthcheck.py /usr/local/bin/fanout-healthcheck
 
 # The source last. It runs from /app (PYTHONPATH), so the default layout and the models
 # it names resolve next to it; compiled now because the root filesystem may be read-only.
+# The build fails unless this nginx accepts what this fanout.edge writes (nginx -t).
 COPY gpu_layout.yaml /app/gpu_layout.yaml
 COPY fanout /app/fanout
 COPY frontend_api /app/frontend_api
 COPY worker_api /app/worker_api
 RUN chmod 0755 /usr/local/bin/fanout-tier /usr/local/bin/fanout-healthcheck \
     && python -m compileall -q /app/fanout /app/frontend_api /app/worker_api \
-    && python -m fanout.layout /app/gpu_layout.yaml
+    && python -m fanout.layout /app/gpu_layout.yaml \
+    && mkdir /tmp/edge-check \
+    && python -m fanout.edge --print --run-dir /tmp/edge-check > /tmp/edge-check/nginx.conf \
+    && nginx -t -q -e stderr -c /tmp/edge-check/nginx.conf \
+    && rm -rf /tmp/edge-check
 
 USER 10001:10001
 
-# The front, then the pools of the default layout; a layout may use other ports.
+# The public port (the edge's, front.bind), then the pools of the default layout; a layout
+# may use other ports. The front itself listens on loopback (edge.front_bind): not exposed.
 EXPOSE 8000 8101 8102
-# GET /health of this container's tier on 127.0.0.1; the port is $FANOUT_HEALTH_PORT, or
-# else the layout's bind for $FANOUT_POOL (unset: the front's). A worker answers 200 once
-# its model is loaded, hence the start period.
+# GET /health of this container's tier: a pool's ($FANOUT_POOL), else the tier that PID 1
+# runs (front, edge or serve), at its address in the layout; or 127.0.0.1:$FANOUT_HEALTH_PORT.
+# A worker answers 200 once its model is loaded, hence the start period.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "/usr/local/bin/fanout-healthcheck"]
 

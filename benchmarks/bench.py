@@ -155,8 +155,11 @@ def bench_layout(folder: Path | None, work: Workload, directory: Path) -> Layout
     pool = {"model": str(folder or REPO / "models" / "small"), "dtype": "float32",
             "bind": f"127.0.0.1:{free_port()}", "worker_timeout": 300,
             "slots": [{"device": "cpu", "threads": work.threads_per_sample}] * work.n}
+    # No edge: these figures are the fan-out's own, and its documented baseline predates
+    # the edge (one more loopback hop through nginx, for every strategy through the front).
     document = {"front": {"bind": f"127.0.0.1:{free_port()}", "threads": 8,
                           "max_samples": max(8, work.n)},
+                "edge": {"enabled": False},
                 "generation": {"limits": {"length": max(256, work.length),
                                           "max_time": 150.0}},
                 "pools": {"bench": pool}}
@@ -172,9 +175,9 @@ def running(layout: Layout, worker_app: str | None = None) -> Iterator[Superviso
     tier_list = tiers(layout)
     if worker_app is not None:
         # benchmarks/ is not installed with the package: point gunicorn at the checkout.
-        tier_list = [tier if tier.name == "front" else
-                     replace(tier, argv=(*tier.argv[:-1], "--pythonpath", str(REPO), worker_app))
-                     for tier in tier_list]
+        tier_list = [replace(tier, argv=(*tier.argv[:-1], "--pythonpath", str(REPO),
+                                         worker_app))
+                     if tier.name.startswith("pool-") else tier for tier in tier_list]
     with running_tiers(layout, layout.source.parent / "tiers.log", START_SECONDS,
                        tier_list) as supervisor:
         yield supervisor

@@ -121,6 +121,9 @@ def step_layout(layout: Layout, pool: Pool, workers: int, path: Path) -> Layout:
                   "max_samples": front.max_samples, "network_slack": front.network_slack,
                   "max_body_bytes": front.max_body_bytes, "max_inflight": front.max_inflight,
                   "max_queued_samples": front.max_queued_samples},  # a private front: no keys
+        # and no edge: all the load comes from one address, which the edge's per-client
+        # limits would throttle; the figures are the pool's and the front's.
+        "edge": {"enabled": False},
         "generation": {"defaults": asdict(layout.defaults), "limits": asdict(layout.limits)},
         "pools": {pool.name: {
             # load_layout made a folder absolute; a hub id stays an id.

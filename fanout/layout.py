@@ -104,6 +104,30 @@ class Front:
 
 
 @dataclass(frozen=True)
+class Edge:
+    """The buffering reverse proxy (nginx) that listens on ``front.bind`` for the front.
+
+    The front is one gunicorn process whose threads each hold a connection until its
+    request is read: a few slow or silent clients would hold them all. The edge reads
+    every request whole, within its timeouts, before the front sees it, and holds idle
+    and slow connections at the cost of a little memory each (``fanout.edge``).
+    """
+
+    enabled: bool = True
+    # Where the front listens behind the edge (default: loopback, the public port + 1).
+    front_bind: Bind = Bind("127.0.0.1", 8001)
+    header_timeout: float = 10.0  # seconds for a client to send its request headers
+    body_timeout: float = 10.0  # seconds between two reads of a request body
+    send_timeout: float = 30.0  # seconds between two writes a client does not take
+    keepalive_timeout: float = 15.0  # an idle client connection is closed after this
+    # Per client address: requests served at once, and a request rate with a burst.
+    connections_per_client: int = 64
+    requests_per_second: float = 50.0
+    burst: int = 100
+    processes: int = 1  # nginx worker processes (each holds thousands of connections)
+
+
+@dataclass(frozen=True)
 class Slot:
     index: int
     device: str
@@ -165,6 +189,12 @@ class Layout:
     defaults: GenerationDefaults
     limits: GenerationLimits
     pools: Mapping[str, Pool]
+    edge: Edge = Edge(enabled=False)
+
+    @property
+    def front_listen(self) -> Bind:
+        """Where the front's own server binds: behind the edge, or public without one."""
+        return self.edge.front_bind if self.edge.enabled else self.front.bind
 
     @property
     def default_pool(self) -> Pool:
@@ -206,17 +236,18 @@ class _Parser:
 
     def layout(self, document: Any) -> Layout:
         root = self.mapping(document, "<root>", required={"pools"},
-                            optional={"front", "generation"})
+                            optional={"front", "generation", "edge"})
         generation = self.mapping(root.get("generation", {}), "generation",
                                   optional={"defaults", "limits"})
         limits = self.limits(generation.get("limits", {}))
         front = self.front(root.get("front", {}))
+        edge = self.edge(root.get("edge", {}), front)
         defaults = self.defaults(generation.get("defaults", {}), limits, front)
         pools = self.mapping(root["pools"], "pools")
         if not pools:
             raise self.fail("pools", "needs at least one pool")
         parsed = {name: self.pool(name, spec, limits) for name, spec in pools.items()}
-        return Layout(self.source, front, defaults, limits, parsed)
+        return Layout(self.source, front, defaults, limits, parsed, edge)
 
     def front(self, value: Any) -> Front:
         key, base = "front", Front()
@@ -244,6 +275,34 @@ class _Parser:
             api_keys_file=self.file(spec.get("api_keys_file"), f"{key}.api_keys_file"),
             host_check_seconds=self.number(spec, key, "host_check_seconds",
                                            base.host_check_seconds, low=0.1, high=3600),
+        )
+
+    def edge(self, value: Any, front: Front) -> Edge:
+        key, base = "edge", Edge()
+        spec = self.mapping(value, key, optional={
+            "enabled", "front_bind", "header_timeout", "body_timeout", "send_timeout",
+            "keepalive_timeout", "connections_per_client", "requests_per_second", "burst",
+            "processes"})
+        enabled = spec.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise self.fail(f"{key}.enabled", "must be true or false")
+        public = front.bind.port
+        default_bind = f"127.0.0.1:{public + 1 if public < 65535 else public - 1}"
+        front_bind = self.bind(spec.get("front_bind", default_bind), f"{key}.front_bind") \
+            if enabled else base.front_bind
+        seconds = {name: self.number(spec, key, name, getattr(base, name), low=0.1, high=3600)
+                   for name in ("header_timeout", "body_timeout", "send_timeout",
+                                "keepalive_timeout")}
+        return Edge(
+            enabled=enabled, front_bind=front_bind, **seconds,
+            connections_per_client=self.integer(spec, key, "connections_per_client",
+                                                base.connections_per_client, low=1,
+                                                high=1_000_000),
+            requests_per_second=self.number(spec, key, "requests_per_second",
+                                            base.requests_per_second, low=0.001,
+                                            high=1_000_000),
+            burst=self.integer(spec, key, "burst", base.burst, low=0, high=1_000_000),
+            processes=self.integer(spec, key, "processes", base.processes, low=1, high=256),
         )
 
     def origins(self, value: Any, key: str) -> tuple[str, ...]:
@@ -431,8 +490,11 @@ class _Parser:
 
 def describe(layout: Layout) -> str:
     """A few human lines: what a layout will start."""
-    lines = [f"layout {layout.source}", f"  front   http on {layout.front.bind} "
-             f"({layout.front.threads} threads, up to {layout.front.max_samples} samples)"]
+    lines = [f"layout {layout.source}"]
+    if layout.edge.enabled:
+        lines.append(f"  edge    nginx on {layout.front.bind}, buffering for the front")
+    lines.append(f"  front   http on {layout.front_listen} ({layout.front.threads} threads, "
+                 f"up to {layout.front.max_samples} samples)")
     for pool in layout.pools.values():
         devices = ", ".join(f"{s.device}x{s.threads}t" for s in pool.slots)
         lines.append(f"  pool {pool.name}: {pool.model.source} ({pool.dtype}) on {pool.bind}, "

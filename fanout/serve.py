@@ -99,6 +99,8 @@ class Supervisor:
     def _ready(self) -> tuple[bool, str]:
         try:
             body = requests.get(self.running["front"][0].health_url, timeout=2).json()
+            if "edge" in self.running:  # and the edge passes it on
+                requests.get(self.running["edge"][0].health_url, timeout=2).json()
         except (requests.RequestException, ValueError):
             return False, "no answer yet"
         return body.get("status") == "ok", ", ".join(
@@ -108,6 +110,8 @@ class Supervisor:
     def _pools_ready(self) -> tuple[bool, str]:
         counts = []
         for name, (tier, _) in self.running.items():
+            if not name.startswith("pool-"):
+                continue
             workers = len(self.layout.pools[name.removeprefix("pool-")].slots)
             try:
                 body = requests.get(tier.health_url, timeout=2).json()
@@ -184,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-timeout", type=float, default=300.0,
                         help="seconds to wait for every worker to be ready (default 300)")
     parser.add_argument("--only", action="append", metavar="TIER",
-                        help="start only this tier (front, pool-NAME); repeatable. On a "
+                        help="start only this tier (front, which brings its edge; edge; "
+                             "pool-NAME); repeatable. On a "
                              "machine that runs one pool for a front elsewhere: --only "
                              "pool-small")
     args = parser.parse_args(argv)
@@ -203,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --only {unknown[0]}: not a tier of {layout.source} (tiers: "
                   + ", ".join(tier.name for tier in tier_list) + ")", file=sys.stderr)
             return 2
-        tier_list = [tier for tier in tier_list if tier.name in args.only]
+        wanted = set(args.only) | ({"edge"} if "front" in args.only else set())
+        tier_list = [tier for tier in tier_list if tier.name in wanted]
     supervisor = Supervisor(layout, tier_list)
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)

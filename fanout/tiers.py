@@ -18,7 +18,7 @@ class Tier:
 
 
 def tiers(layout: Layout, python: str = sys.executable) -> list[Tier]:
-    """Worker tiers first (the front reports them), then the front."""
+    """Worker tiers first (the front reports them), then the front, then its edge."""
     gunicorn = (python, "-m", "gunicorn")
     started = [
         Tier(name=f"pool-{pool.name}",
@@ -29,7 +29,10 @@ def tiers(layout: Layout, python: str = sys.executable) -> list[Tier]:
     started.append(Tier(name="front",
                         argv=(*gunicorn, "-c", "python:frontend_api.gunicorn_conf",
                               "frontend_api.app:get_app()"),
-                        env={}, health_url=f"{layout.front.bind.url}/health"))
+                        env={}, health_url=f"{layout.front_listen.url}/health"))
+    if layout.edge.enabled:  # last: it answers 502 until the front is up
+        started.append(Tier(name="edge", argv=(python, "-m", "fanout.edge"), env={},
+                            health_url=f"{layout.front.bind.url}/health"))
     return started
 
 

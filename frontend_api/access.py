@@ -49,10 +49,15 @@ class ApiKeys:
 
     def accepts(self, key: str) -> bool:
         """Whether ``key`` is one of ours, in time that depends on neither key."""
+        return self.identify(key) is not None
+
+    def identify(self, key: str) -> int | None:
+        """Which of ours ``key`` is (its index), or None; in time that depends on neither."""
         offered = _digest(key)
-        matched = False
-        for digest in self.digests:  # no early exit: the time says nothing about which
-            matched |= hmac.compare_digest(offered, digest)
+        matched = None
+        for index, digest in enumerate(self.digests):  # no early exit: no timing tells which
+            if hmac.compare_digest(offered, digest):
+                matched = index
         return matched
 
 
@@ -119,8 +124,10 @@ class RequireApiKey:
         scheme, _, key = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise _unauthorized("the Authorization header must be 'Bearer <key>'")
-        if not self.keys.accepts(key.strip()):
+        which = self.keys.identify(key.strip())
+        if which is None:
             raise _unauthorized("the API key is not valid")
+        req.context.api_key = which  # an index, never the key: admission's fair share
 
     @staticmethod
     def _open(req: falcon.Request) -> bool:

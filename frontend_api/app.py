@@ -14,6 +14,7 @@ from frontend_api import openai_api
 from frontend_api.access import API_KEYS_ENV, ApiKeys, access_middleware, log_policy, read_api_keys
 from frontend_api.admission import Admission
 from frontend_api.fanout import ClientGone, FanoutClient, WorkerTierError
+from frontend_api.forwarded import trusted_proxies
 from frontend_api.metrics import FrontObserver, metrics_page
 from frontend_api.openapi import OpenAPIDocument
 from frontend_api.resources import Autocomplete, EditorPage, Fanout, Health, Models
@@ -42,12 +43,14 @@ def create_app(layout: Layout, fanout: Fanout, api_keys: ApiKeys | None = None) 
     # Shared with the observer: a request refused before routing (a 401) keeps its route.
     router = falcon.routing.CompiledRouter()
     app = falcon.App(router=router, middleware=[
-        FrontObserver(router, static_prefixes=("/static/",)),
+        FrontObserver(router, static_prefixes=("/static/",),
+                      trusted_proxies=frozenset(filter(None, trusted_proxies(layout).split(",")))),
         *access_middleware(layout.front.cors_origins, api_keys or ApiKeys())])
     add_error_handlers(app)
     app.add_error_handler(WorkerTierError, worker_tier_error)
     app.add_error_handler(ClientGone, client_gone)
-    admission = Admission(layout.front, layout.pools)
+    admission = Admission(layout.front, layout.pools,
+                          api_keys=len(api_keys.digests) if api_keys else 0)
     app.add_route("/autocomplete", Autocomplete(fanout, layout, admission))
     app.add_route("/models", Models(layout))
     app.add_route("/health", Health(fanout, admission))

@@ -11,6 +11,7 @@ import os
 
 from fanout.layout import LayoutError, load_layout
 from fanout.logs import logging_config
+from frontend_api.forwarded import trusted_proxies
 
 # The front is one process with one metrics registry. A PROMETHEUS_MULTIPROC_DIR in the
 # environment (meant for a worker tier, or left in a shell) would switch prometheus_client
@@ -23,14 +24,17 @@ try:
 except LayoutError as error:
     raise SystemExit(f"fanout: {error}") from None
 
-bind = [str(_layout.front.bind)]
+# Behind the edge (nginx on front.bind), the front listens where only the edge connects,
+# and believes X-Forwarded-For from the edge alone; without an edge, from nobody.
+bind = [str(_layout.front_listen)]
+forwarded_allow_ips = trusted_proxies(_layout)
 workers = 1
 worker_class = "gthread"
 threads = _layout.front.threads
 # Above the longest request the front lets through, so gunicorn never kills a live one.
 timeout = int(_layout.limits.max_time + _layout.front.network_slack) + 10
 graceful_timeout = timeout
-keepalive = 5
+keepalive = 5  # above the edge's upstream keepalive_timeout (fanout.edge): it closes first
 proc_name = "fanout-front"
 loglevel = os.environ.get("FANOUT_LOG_LEVEL", "info")
 logconfig_dict = logging_config(loglevel)

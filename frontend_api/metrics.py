@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from fanout.exposition import MetricsPage
 from fanout.observe import RequestObserver, RequestRecord, method_label
+from frontend_api.forwarded import client_address
 
 # From a request refused at once to one that waits out a long generation.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
@@ -42,7 +43,14 @@ SAMPLE_RETRIES = Counter("fanout_front_sample_retries", "Samples sent again beca
 
 
 class FrontObserver(RequestObserver):
-    """Counts and times every request of the front, by route template."""
+    """Counts and times every request of the front, by route template, and logs who sent
+    it (the edge's X-Forwarded-For when ``trusted_proxies`` names the peer)."""
+
+    def __init__(self, router: falcon.routing.CompiledRouter,
+                 static_prefixes: tuple[str, ...] = (),
+                 trusted_proxies: frozenset[str] = frozenset()) -> None:
+        super().__init__(router, static_prefixes)
+        self.trusted_proxies = trusted_proxies
 
     def started(self, req: falcon.Request) -> None:
         IN_FLIGHT.inc()
@@ -50,6 +58,7 @@ class FrontObserver(RequestObserver):
     def finished(self, req: falcon.Request, resp: falcon.Response, route: str, seconds: float,
                  record: RequestRecord) -> None:
         IN_FLIGHT.dec()
+        record.fields["client"] = client_address(req, self.trusted_proxies)
         REQUESTS.labels(route, method_label(req.method), str(resp.status_code)).inc()
         LATENCY.labels(route).observe(seconds)
 

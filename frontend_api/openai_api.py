@@ -48,7 +48,8 @@ class Completions:
         if parsed.stream:
             self.stream(req, resp, request)
             return
-        with self.admission.admit(request.model_size, request.n_samples):
+        with self.admission.admit(request.model_size, request.n_samples,
+                                  getattr(req.context, "api_key", None)):
             gathered = self.fanout.complete(request, client_gone_check(req.env))
         choices = [choice(index, sample) for index, sample in zip(
             sorted(set(range(request.n_samples)) - {f.index for f in gathered.failed}),
@@ -72,7 +73,8 @@ class Completions:
         choice's ``index`` as the workers produce them, each choice's ``finish_reason``
         in its last chunk, then ``data: [DONE]``."""
         held = contextlib.ExitStack()  # the admission place, held until the stream ends
-        held.enter_context(self.admission.admit(request.model_size, request.n_samples))
+        held.enter_context(self.admission.admit(request.model_size, request.n_samples,
+                                                getattr(req.context, "api_key", None)))
         try:
             events = self.fanout.stream(request)
             # The first event decides the status: a pool that is down or a request the
@@ -89,6 +91,7 @@ class Completions:
             raise
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-cache")
+        resp.set_header("X-Accel-Buffering", "no")  # the edge passes each event on at once
         resp.stream = EventStream(_events(first, events, request.model_size), events, held)
 
 
@@ -152,6 +155,8 @@ def error_type(status: int) -> str:
         return "authentication_error"
     if status == 404:
         return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
     return "invalid_request_error" if status < 500 else "server_error"
 
 

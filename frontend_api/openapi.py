@@ -179,6 +179,8 @@ _ERRORS = {
     "404": "model_size names no pool.",
     "413": "Body over front.max_body_bytes, or context over limits.context_bytes.",
     "415": "Content-Type is not application/json.",
+    "429": "This API key is past its fair share of the pool, or this client address past "
+           "the edge's connection or request-rate limit: retry after Retry-After seconds.",
     "502": "The pool's workers failed every sample.",
     "503": "The pool is down, or the front is at its bounds (front.max_inflight, "
            "front.max_queued_samples): retry after Retry-After seconds.",
@@ -192,7 +194,7 @@ def _json(schema: Schema, description: str, **extra: Any) -> dict[str, Any]:
 
 def _error(status: str) -> dict[str, Any]:
     extra: dict[str, Any] = {}
-    if status == "503":
+    if status in ("429", "503"):
         extra["headers"] = {"Retry-After": {"required": True, "description": "seconds",
                                             "schema": {"type": "integer", "minimum": 0}}}
     if status == "401":

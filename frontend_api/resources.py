@@ -82,7 +82,8 @@ class Autocomplete:
         front, layout = self.layout.front, self.layout
         request = parse_autocomplete(read_json(req, front.max_body_bytes), layout.defaults,
                                      layout.limits, layout.pools, front.max_samples)
-        with self.admission.admit(request.model_size, request.n_samples):
+        with self.admission.admit(request.model_size, request.n_samples,
+                                  getattr(req.context, "api_key", None)):
             gathered = self.fanout.complete(request, client_gone_check(req.env))
         resp.media = {
             "sentences": [

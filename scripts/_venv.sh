@@ -38,3 +38,24 @@ ensure_venv() {
     "$PY" -m pip install --quiet -e "$FANOUT_ROOT${extras:+[$extras]}"
     echo "$want" > "$stamp"
 }
+
+# Debian packages the project runs (never a downloaded build): install the missing ones
+# with apt-get when root, else say how. Each argument is "command:package".
+#   ensure_debian_packages nginx:nginx
+ensure_debian_packages() {
+    local missing=() item
+    for item in "$@"; do
+        command -v "${item%%:*}" > /dev/null || [ -x "/usr/sbin/${item%%:*}" ] \
+            || missing+=("${item#*:}")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+        echo "installing Debian's ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            "${missing[@]}" > /dev/null
+    else
+        echo "warning: ${missing[*]} missing: install with 'sudo apt-get install" \
+             "${missing[*]}'" >&2
+    fi
+}

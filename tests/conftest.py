@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from fanout.layout import API_KEYS_ENV, FRONT_BIND_ENV, LAYOUT_ENV
+from fanout.ports import free_port
 from fanout.tiny_model import make_tiny_model
 
 LayoutFactory = Callable[..., Path]
@@ -33,11 +34,19 @@ SHIPPED_MODELS = {"small": REPO / "models" / "small", "medium": REPO / "models" 
 
 def layout_document(model: Path, pools: dict[str, dict[str, Any]] | None = None,
                     front: dict[str, Any] | None = None,
-                    generation: dict[str, Any] | None = None) -> dict[str, Any]:
+                    generation: dict[str, Any] | None = None,
+                    edge: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A layout using ``model``. Its edge puts the front on a free port of its own and
+    lets one client address (the suite's) send as fast as it likes, unless ``edge`` says
+    otherwise."""
     pools = pools or {"small": {"bind": "127.0.0.1:18101", "slots": ["cpu"]}}
     return {
         "front": {"bind": "127.0.0.1:18000", **(front or {})},
-        "generation": generation or {"limits": {"length": 200, "max_time": 10.0}},
+        "edge": {"front_bind": f"127.0.0.1:{free_port()}", "requests_per_second": 100_000,
+                 "burst": 100_000, **(edge or {})},
+        # A sample ends by its length, never by the clock, unless a test asks for less.
+        "generation": generation or {"defaults": {"max_time": 10.0},
+                                     "limits": {"length": 200, "max_time": 10.0}},
         "pools": {name: {"model": str(model), "dtype": "float32", **spec}
                   for name, spec in pools.items()},
     }

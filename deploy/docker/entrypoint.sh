@@ -1,16 +1,22 @@
 #!/bin/sh
 # The image's entry point (installed as fanout-tier): which tier this container runs.
 #
-#   front          the front API, on the layout's front.bind (the image's default command)
+#   front          the front API (the image's default command): on the layout's
+#                  front.bind, or, behind an edge, on edge.front_bind (loopback)
+#   edge           nginx on front.bind, buffering for the front (fanout.edge); run it in
+#                  the front's network namespace, since the front listens on loopback.
+#                  Its run dir is a new one under $TMPDIR (/tmp), which must be writable
 #   pool           the worker tier of the pool that $FANOUT_POOL names, on its bind
 #   serve          every tier of the layout in this one container (fanout.serve); the
-#                  front then binds $FANOUT_FRONT_BIND, by default 0.0.0.0:8000
+#                  public address is $FANOUT_FRONT_BIND, by default 0.0.0.0:8000
 #   layout         check the layout ($FANOUT_LAYOUT) and say what it starts
 #   anything else  runs as a command, e.g. `python -m fanout.memory_fit`
 #
-# Arguments after front or pool go to gunicorn. The gunicorn command lines are those of
-# fanout/tiers.py and the Procfile (tests/deploy keeps them in step). exec: gunicorn is
-# PID 1 and gets the container's SIGTERM, which stops its workers gracefully.
+# Arguments after front or pool go to gunicorn, after edge to fanout.edge (--print).
+# The command lines are those of fanout/tiers.py and the Procfile (tests/deploy keeps
+# them in step). exec: gunicorn (or nginx) is PID 1 and gets the container's stop
+# signal. gunicorn stops gracefully on SIGTERM; nginx on SIGQUIT only (SIGTERM drops
+# requests in flight), so stop an edge with SIGQUIT.
 set -eu
 
 tier="${1:-front}"
@@ -19,6 +25,9 @@ tier="${1:-front}"
 case "$tier" in
     front)
         exec python -m gunicorn -c python:frontend_api.gunicorn_conf 'frontend_api.app:get_app()' "$@"
+        ;;
+    edge)
+        exec python -m fanout.edge "$@"
         ;;
     pool)
         if [ -z "${FANOUT_POOL:-}" ]; then

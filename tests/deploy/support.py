@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from fanout.layout import Layout, Pool, load_layout
+from fanout.layout import Bind, Layout, Pool, load_layout
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -36,3 +37,8 @@ def pool_addresses(pool: Pool) -> list[tuple[str, int]]:
         assert parts.hostname is not None and parts.port is not None, url
         addresses.append((parts.hostname, parts.port))
     return addresses
+
+
+def loopback(bind: Bind) -> bool:
+    """Whether only the bind's own network namespace reaches it (a container's, a pod's)."""
+    return bind.host == "localhost" or ipaddress.ip_address(bind.host).is_loopback

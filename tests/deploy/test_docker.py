@@ -13,6 +13,8 @@ import io
 import json
 import shlex
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,7 @@ from tests.deploy.support import (
     REPO,
     image_model_folders,
     load_image_layout,
+    loopback,
     pool_addresses,
 )
 
@@ -97,6 +100,23 @@ def test_it_runs_as_a_fixed_non_root_user(dockerfile: DockerfileParser) -> None:
         "value"]
 
 
+def test_it_installs_debians_nginx_for_the_edge_as_root(dockerfile: DockerfileParser) -> None:
+    position = first(dockerfile, "RUN", "apt-get install")
+    install = instructions(dockerfile)[position]["value"]
+    assert "apt-get update" in install and "--no-install-recommends nginx" in install
+    assert "rm -rf /var/lib/apt/lists/*" in install  # in the same layer, or it stays
+    assert position < first(dockerfile, "USER")
+    assert position < first(dockerfile, "RUN", '"$TORCH"')  # it changes least often
+
+
+def test_the_build_checks_its_nginx_accepts_the_edges_configuration(
+        dockerfile: DockerfileParser) -> None:
+    position = first(dockerfile, "RUN", "fanout.edge")
+    check = instructions(dockerfile)[position]["value"]
+    assert "python -m fanout.edge --print" in check and "nginx -t" in check
+    assert first(dockerfile, "COPY", "fanout ") < position < first(dockerfile, "USER")
+
+
 def test_it_checks_its_health_without_curl(dockerfile: DockerfileParser) -> None:
     check = instructions(dockerfile)[first(dockerfile, "HEALTHCHECK")]["value"]
     assert "CMD" in check and "curl" not in check
@@ -113,6 +133,35 @@ def test_the_entry_point_runs_the_tiers_as_the_procfile_does(
     entry = json.loads(instructions(dockerfile)[first(dockerfile, "ENTRYPOINT")]["value"])
     assert entry == [installed] or entry == [Path(installed).name]  # /usr/local/bin: on PATH
     assert json.loads(instructions(dockerfile)[first(dockerfile, "CMD")]["value"]) == ["front"]
+
+
+def test_the_edge_tier_writes_its_configuration_under_tmp_and_execs_nginx(
+        tmp_path: Path) -> None:
+    # The image's way, with stand-ins: `python` on PATH, the source on PYTHONPATH, and a
+    # "nginx" that reports how it was run. A read-only image writes only under $TMPDIR.
+    bin_dir, tmp = tmp_path / "bin", tmp_path / "tmp"
+    bin_dir.mkdir()
+    tmp.mkdir()
+    for name, script in (("python", f'exec {shlex.quote(sys.executable)} "$@"'),
+                         ("nginx", 'printf "%s\\n" "$@"')):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / name).chmod(0o755)
+    layout = load_image_layout((COMPOSE_DIR / "gpu_layout.yaml").read_text(), tmp_path)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp),
+           "FANOUT_LAYOUT": str(layout.source), "FANOUT_NGINX": str(bin_dir / "nginx")}
+    ran = subprocess.run(["sh", str(COMPOSE_DIR / "entrypoint.sh"), "edge"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    [e, stderr, c, config, g, daemon] = ran.stdout.splitlines()
+    assert (e, stderr, c, g, daemon) == ("-e", "stderr", "-c", "-g", "daemon off;")
+    config_path = Path(config)
+    assert config_path.parent.parent == tmp and config_path.name == "nginx.conf"
+    written = config_path.read_text()
+    assert f"listen {layout.front.bind} " in written  # the public address
+    assert f"server {layout.front_listen};" in written  # the front, on loopback
+    for line in written.splitlines():
+        if line.strip().startswith(("pid ", "client_body_temp_path", "proxy_temp_path")):
+            assert str(config_path.parent) in line, line  # nothing outside its run dir
 
 
 def test_the_image_holds_the_layout_and_the_models_it_names(
@@ -135,6 +184,7 @@ def test_it_exposes_the_ports_of_every_deployment_layout(
     for name in COMPOSE_LAYOUTS:
         layout = load_image_layout((COMPOSE_DIR / name).read_text(), tmp_path)
         assert {layout.front.bind.port, *(p.bind.port for p in layout.pools.values())} <= exposed
+        assert layout.front_listen.port not in exposed  # loopback, behind the edge
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
@@ -172,9 +222,10 @@ def compose_layout(name: str, directory: Path) -> Layout:
     return load_image_layout((COMPOSE_DIR / name).read_text(), directory)
 
 
-def test_compose_runs_the_front_and_one_service_per_pool(compose: dict[str, Any]) -> None:
+def test_compose_runs_the_edge_the_front_and_one_service_per_pool(
+        compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"front", "pool-small", "pool-medium"}
+    assert set(services) == {"edge", "front", "pool-small", "pool-medium"}
     images = {service["image"] for service in services.values()}
     assert len(images) == 1  # one image, the command picks the tier
     for service in services.values():
@@ -183,8 +234,19 @@ def test_compose_runs_the_front_and_one_service_per_pool(compose: dict[str, Any]
         assert (target, mode) == (layout_file, "ro")
         # ./${FANOUT_COMPOSE_LAYOUT:-gpu_layout.yaml}: the default is the CPU layout.
         assert source.endswith(":-gpu_layout.yaml}")
+        # The edge's run dir is under /tmp too: the only writable place.
         assert service["read_only"] is True and "/tmp" in service["tmpfs"]
         assert "fanout-healthcheck" in " ".join(service["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("name", COMPOSE_LAYOUTS)
+def test_the_compose_layouts_put_the_front_behind_its_edge_on_loopback(
+        name: str, tmp_path: Path) -> None:
+    layout = compose_layout(name, tmp_path)
+    assert layout.edge.enabled
+    assert loopback(layout.front_listen)
+    assert str(layout.front_listen) == "127.0.0.1:8001"
+    assert str(layout.front.bind) == "0.0.0.0:8000"  # the edge's, for the published port
 
 
 @pytest.mark.parametrize("name", COMPOSE_LAYOUTS)
@@ -202,7 +264,34 @@ def test_compose_services_match_the_pools_of_its_layout(
         assert services["front"]["depends_on"][host]["condition"] == "service_healthy"
     front = services["front"]
     assert front["command"] == ["front"] and POOL_ENV not in front["environment"]
+    # The front's service owns the network namespace that the edge joins, and so the
+    # published port: the edge's (front.bind), never the front's own.
     assert front["ports"] == [f"127.0.0.1:8000:{layout.front.bind.port}"]
+    assert str(layout.front_listen.port) not in " ".join(front["ports"])
+
+
+def test_the_edge_shares_the_fronts_network_namespace(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    edge, front = services["edge"], services["front"]
+    assert edge["command"] == ["edge"] and POOL_ENV not in edge["environment"]
+    assert edge["image"] == front["image"]
+    # Its loopback is the front's: the one address the front listens on and believes.
+    assert edge["network_mode"] == "service:front"
+    assert not {"ports", "expose", "networks"} & set(edge)  # none with a shared namespace
+    # Started once the front answers; restarted with it, or it would keep a dead namespace.
+    assert edge["depends_on"]["front"] == {"condition": "service_healthy", "restart": True}
+    # nginx stops gracefully on SIGQUIT; on SIGTERM it drops requests in flight.
+    assert edge["stop_signal"] == "SIGQUIT" and "stop_signal" not in front
+
+
+@pytest.mark.parametrize("service", ["edge", "front"])
+def test_the_edge_and_the_front_each_check_their_own_port(
+        compose: dict[str, Any], service: str) -> None:
+    # They share a network namespace, so each names its tier: the edge's health goes
+    # through the edge, the front's straight to the front.
+    check = compose["services"][service]["healthcheck"]
+    assert check["test"][-2:] == ["/usr/local/bin/fanout-healthcheck", service]
+    assert check["start_period"] == compose["x-fanout"]["healthcheck"]["start_period"]
 
 
 def test_the_cuda_layout_runs_every_slot_on_the_containers_gpu(tmp_path: Path) -> None:
@@ -223,14 +312,50 @@ def load_healthcheck() -> ModuleType:
     return module
 
 
-def test_the_health_check_finds_its_tiers_port_in_the_layout(tmp_path: Path) -> None:
+def test_the_health_check_finds_its_tiers_address_in_the_layout(tmp_path: Path) -> None:
     healthcheck = load_healthcheck()
-    layout_file = tmp_path / "gpu_layout.yaml"
-    load_image_layout((COMPOSE_DIR / "gpu_layout.yaml").read_text(), tmp_path)
-    env = {"FANOUT_LAYOUT": str(layout_file)}
-    assert healthcheck.health_port(env) == 8000
-    assert healthcheck.health_port({**env, POOL_ENV: "medium"}) == 8102
-    assert healthcheck.health_port({**env, POOL_ENV: "medium", "FANOUT_HEALTH_PORT": "9"}) == 9
+    layout = load_image_layout((COMPOSE_DIR / "gpu_layout.yaml").read_text(), tmp_path)
+    env = {"FANOUT_LAYOUT": str(layout.source)}
+    assert healthcheck.health_url("front", env) == "http://127.0.0.1:8001/health"
+    assert healthcheck.health_url("edge", env) == "http://127.0.0.1:8000/health"
+    # serve: through the edge, the way clients come.
+    assert healthcheck.health_url("serve", env) == "http://127.0.0.1:8000/health"
+    assert healthcheck.health_url("pool", {**env, POOL_ENV: "medium"}) == \
+        "http://127.0.0.1:8102/health"
+    assert healthcheck.health_url("edge", {**env, "FANOUT_HEALTH_PORT": "9"}) == \
+        "http://127.0.0.1:9/health"
+    for tier, problem in (("pool", {POOL_ENV: "large"}), ("front", {"FANOUT_LAYOUT": "/no"})):
+        with pytest.raises(ValueError):  # LayoutError too: unhealthy, not a traceback
+            healthcheck.health_url(tier, {**env, **problem})
+
+
+def test_the_health_check_of_a_layout_without_edge(tmp_path: Path) -> None:
+    healthcheck = load_healthcheck()
+    text = (COMPOSE_DIR / "gpu_layout.yaml").read_text().replace(
+        "  enabled: true\n", "  enabled: false\n")
+    layout = load_image_layout(text, tmp_path)
+    env = {"FANOUT_LAYOUT": str(layout.source)}
+    assert healthcheck.health_url("front", env) == "http://127.0.0.1:8000/health"
+    assert healthcheck.health_url("serve", env) == "http://127.0.0.1:8000/health"
+    with pytest.raises(ValueError, match="no tier 'edge'"):
+        healthcheck.health_url("edge", env)
+
+
+@pytest.mark.parametrize(("environ", "cmdline", "tier"), [
+    # as exec'd by the entry point: gunicorn, or nginx's own title for its master
+    ({}, b"python\0-m\0gunicorn\0-c\0python:frontend_api.gunicorn_conf\0"
+         b"frontend_api.app:get_app()\0", "front"),
+    ({}, b"nginx: master process /usr/sbin/nginx -e stderr -c /tmp/x/nginx.conf -g daemon "
+         b"off;\0", "edge"),
+    ({}, b"python\0-m\0fanout.serve\0", "serve"),
+    # docker run --init: its init is PID 1, with the entry point and the tier as arguments
+    ({}, b"/sbin/docker-init\0--\0fanout-tier\0edge\0", "edge"),
+    ({POOL_ENV: "small"}, b"python\0-m\0gunicorn\0", "pool"),
+    ({}, b"", "front"),
+])
+def test_the_health_check_knows_the_tier_from_pid_1(
+        environ: dict[str, str], cmdline: bytes, tier: str) -> None:
+    assert load_healthcheck().running_tier(environ, cmdline) == tier
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -261,9 +386,13 @@ def test_the_health_check_passes_on_200_only(health_server: http.server.HTTPServ
     healthcheck = load_healthcheck()
     monkeypatch.setenv("FANOUT_HEALTH_PORT", str(health_server.server_address[1]))
     monkeypatch.setattr(_Health, "status", 200)
-    assert healthcheck.main() == 0
+    assert healthcheck.main([]) == 0
+    assert healthcheck.main(["edge"]) == 0
     monkeypatch.setattr(_Health, "status", 503)  # a worker still loading, a pool down
-    assert healthcheck.main() == 1
+    assert healthcheck.main([]) == 1
+    # ... which a liveness check must not count: the port accepts connections.
+    assert healthcheck.main(["--listening", "front"]) == 0
+    assert healthcheck.main(["--listening", "backend"]) == 1  # no such tier
 
 
 def test_the_health_check_fails_when_nothing_listens(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,4 +400,5 @@ def test_the_health_check_fails_when_nothing_listens(monkeypatch: pytest.MonkeyP
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("FANOUT_HEALTH_PORT", str(port))
-    assert load_healthcheck().main() == 1
+    assert load_healthcheck().main([]) == 1
+    assert load_healthcheck().main(["--listening"]) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import posixpath
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fanout.layout import POOL_ENV, Layout
+from fanout.layout import LAYOUT_ENV, POOL_ENV, Layout
 from tests.deploy.support import (
     DEPLOY,
     IMAGE_UID,
+    REPO,
     image_model_folders,
     load_image_layout,
+    loopback,
     pool_addresses,
 )
 
@@ -110,7 +113,7 @@ def test_the_schema_check_refuses_a_misspelt_field() -> None:
 
 def test_the_cluster_layout_serves_both_pools_on_the_pods_gpu(layout: Layout) -> None:
     assert list(layout.pools) == ["small", "medium"]
-    assert str(layout.front.bind) == "0.0.0.0:8000"
+    assert str(layout.front.bind) == "0.0.0.0:8000"  # the edge's: the pod's port
     for pool in layout.pools.values():
         # One GPU per pod (nvidia.com/gpu: 1), which the pod sees as cuda:0.
         assert pool.devices and set(pool.devices) == {"cuda:0"}
@@ -139,14 +142,82 @@ def test_each_pool_is_reached_through_its_own_service(layout: Layout) -> None:
     assert len(pool_deployments) == len(layout.pools)
 
 
-def test_the_front_serves_the_layouts_front_bind(layout: Layout) -> None:
-    front = objects("Deployment")["fanout-front"]
-    [container] = front["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["front"] and POOL_ENV not in env_of(container)
-    assert container_port(container, "http") == layout.front.bind.port
+def front_pod() -> dict[str, Object]:
+    """The containers of the front's pod, by name."""
+    spec = objects("Deployment")["fanout-front"]["spec"]["template"]["spec"]
+    return {container["name"]: container for container in spec["containers"]}
+
+
+def test_the_cluster_layout_puts_the_front_behind_its_edge(layout: Layout) -> None:
+    assert layout.edge.enabled
+    # The pod's loopback: only the containers of the pod reach it, and the front
+    # believes X-Forwarded-For from loopback alone.
+    assert loopback(layout.front_listen)
+    assert layout.front_listen.port != layout.front.bind.port
+
+
+def test_the_front_pod_runs_the_edge_beside_the_front(layout: Layout) -> None:
+    spec = objects("Deployment")["fanout-front"]["spec"]["template"]["spec"]
+    pod = front_pod()
+    assert list(pod) == ["front", "edge"]  # the front first: kubectl's default container
+    front, edge = pod["front"], pod["edge"]
+    assert front["args"] == ["front"] and edge["args"] == ["edge"]
+    assert front["image"] == edge["image"]  # one image, the command picks the tier
+    for container in pod.values():
+        assert POOL_ENV not in env_of(container)
+    # One network namespace: the pod's (never the node's), shared by both containers.
+    assert not spec.get("hostNetwork", False)
+    # The edge listens on front.bind; the front on loopback, where nothing else reaches
+    # it, so it declares no port.
+    assert container_port(edge, "http") == layout.front.bind.port
+    assert "ports" not in front
+
+
+def test_the_service_reaches_the_edge_and_never_the_front(layout: Layout) -> None:
     service = objects("Service")["fanout-front"]
-    assert deployment_for(service) is front
-    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http"}
+    assert deployment_for(service) is objects("Deployment")["fanout-front"]
+    [port] = service["spec"]["ports"]
+    assert port["port"] == layout.front.bind.port
+    assert container_port(front_pod()["edge"], port["targetPort"]) == layout.front.bind.port
+    assert layout.front_listen.port not in {port["port"], port["targetPort"]}
+
+
+def test_the_front_is_probed_from_inside_its_container(layout: Layout) -> None:
+    front, edge = front_pod()["front"], front_pod()["edge"]
+    # The kubelet probes the pod's address; the front listens on its loopback.
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert not {"httpGet", "tcpSocket"} & set(front.get(probe, {})), probe
+    command = front["livenessProbe"]["exec"]["command"]
+    assert command[:2] == ["python", "/usr/local/bin/fanout-healthcheck"]
+    # A connection only: a pool that is down must not restart the front.
+    assert command[2:] == ["--listening", "front"]
+    # The pod's readiness: through the edge to the front's /health.
+    assert edge["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container_port(edge, edge["readinessProbe"]["httpGet"]["port"]) == \
+        layout.front.bind.port
+    assert "readinessProbe" not in front  # the edge's covers it
+
+
+def test_the_edge_and_the_front_stop_without_dropping_requests(
+        layout: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = objects("Deployment")["fanout-front"]["spec"]["template"]["spec"]
+    front, edge = front_pod()["front"], front_pod()["edge"]
+    # nginx drops requests in flight on SIGTERM: its preStop asks PID 1 (nginx) to quit
+    # gracefully, after a pause for the Service to stop sending requests here.
+    [shell, flag, script] = edge["lifecycle"]["preStop"]["exec"]["command"]
+    assert (shell, flag) == ("/bin/sh", "-c") and "kill -QUIT 1" in script
+    edge_pause = int(script.split(";")[0].removeprefix("sleep "))
+    # gunicorn stops listening on SIGTERM: the front gets it once the edge has stopped
+    # taking requests, and a client that had begun its headers has sent them.
+    [sleep, seconds] = front["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep == "sleep" and int(seconds) >= edge_pause + layout.edge.header_timeout
+    # Then gunicorn's graceful timeout for this layout must fit.
+    monkeypatch.setenv(LAYOUT_ENV, str(layout.source))
+    for variable in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        monkeypatch.delenv(variable, raising=False)  # the settings drop them
+    graceful = runpy.run_path(str(REPO / "frontend_api" / "gunicorn_conf.py"))[
+        "graceful_timeout"]
+    assert spec["terminationGracePeriodSeconds"] >= int(seconds) + graceful
 
 
 @pytest.mark.parametrize("name", sorted(objects("Deployment")))
@@ -164,14 +235,20 @@ def test_every_pod_reads_the_layout_from_the_configmap(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(objects("Deployment")))
 def test_every_container_is_probed_on_health(name: str) -> None:
-    for container in objects("Deployment")[name]["spec"]["template"]["spec"]["containers"]:
+    containers = objects("Deployment")[name]["spec"]["template"]["spec"]["containers"]
+    ready = [c for c in containers if "readinessProbe" in c]
+    assert ready, "the pod would take traffic before it can serve"
+    for container in ready:
         readiness = container["readinessProbe"]
         assert readiness["httpGet"]["path"] == "/health"
         assert container_port(container, readiness["httpGet"]["port"])
+    for container in containers:
         liveness = container["livenessProbe"]
         # Liveness must not hang on /health: a busy pool, or a pool that is down for
         # the front, is no reason to restart a container.
-        assert "tcpSocket" in liveness or liveness.get("httpGet", {}).get("path") == "/health"
+        command = liveness.get("exec", {}).get("command", [])
+        assert "tcpSocket" in liveness or "--listening" in command \
+            or liveness.get("httpGet", {}).get("path") == "/health", container["name"]
         assert liveness.get("failureThreshold", 3) >= 3
 
 
@@ -213,8 +290,16 @@ def test_pool_pods_each_ask_for_one_gpu_and_the_front_for_none() -> None:
         assert gpus == (1 if POOL_ENV in env_of(container) else None), container["name"]
 
 
+def policy_for(component: str) -> Object:
+    """The one NetworkPolicy that selects the pods of a component (front, pool)."""
+    [policy] = [p for p in objects("NetworkPolicy").values()
+                if p["spec"]["podSelector"]["matchLabels"].get(
+                    "app.kubernetes.io/component") == component]
+    return policy
+
+
 def test_only_the_front_may_reach_the_pools() -> None:
-    [policy] = objects("NetworkPolicy").values()
+    policy = policy_for("pool")
     selected = policy["spec"]["podSelector"]["matchLabels"].items()
     [rule] = policy["spec"]["ingress"]
     [source] = rule["from"]
@@ -224,6 +309,18 @@ def test_only_the_front_may_reach_the_pools() -> None:
         is_pool = POOL_ENV in env_of(container)
         assert (selected <= labels) == is_pool
         assert (allowed <= labels) == (not is_pool)
+
+
+def test_the_front_pods_are_reached_on_the_edges_port_alone(layout: Layout) -> None:
+    policy = policy_for("front")
+    front = objects("Deployment")["fanout-front"]
+    labels = front["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert "from" not in rule  # clients come from anywhere: an Ingress, other pods
+    ports = {container_port(front_pod()["edge"], p["port"]) for p in rule["ports"]}
+    assert ports == {layout.front.bind.port}
 
 
 def test_every_container_runs_the_same_image() -> None:

@@ -14,6 +14,7 @@ from fanout.layout import LAYOUT_ENV, Layout, load_layout
 from frontend_api import access
 from frontend_api.access import API_KEYS_ENV, ApiKeyError, ApiKeys, read_api_keys
 from frontend_api.app import create_app, get_app
+from frontend_api.forwarded import LOOPBACK, client_address
 from tests.conftest import LayoutFactory
 from tests.frontend_api.test_resources import EchoFanout
 
@@ -254,3 +255,18 @@ def test_a_wildcard_origin_allows_any_origin(write_layout: LayoutFactory) -> Non
     app = client(make_layout(write_layout, cors_origins=["*"]))
     result = autocomplete(app, {"Origin": "https://anywhere.example"})
     assert result.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def test_the_client_address_is_forwarded_only_by_the_edge() -> None:
+    def seen(peer: str, forwarded: str | None, trusted: frozenset[str]) -> str:
+        headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+        req = falcon.testing.create_req(remote_addr=peer, headers=headers)
+        return client_address(req, trusted)
+
+    edge = frozenset(LOOPBACK)
+    assert seen("127.0.0.1", "203.0.113.7", edge) == "203.0.113.7"
+    assert seen("127.0.0.1", "10.9.9.9, 203.0.113.7", edge) == "203.0.113.7"
+    assert seen("127.0.0.1", None, edge) == "127.0.0.1"
+    # Anyone else's header is their own word: ignored.
+    assert seen("198.51.100.2", "203.0.113.7", edge) == "198.51.100.2"
+    assert seen("127.0.0.1", "203.0.113.7", frozenset()) == "127.0.0.1"

@@ -49,7 +49,7 @@ def test_the_document_is_valid_openapi(layout: Layout) -> None:
     assert set(document["paths"]) == {"/autocomplete", "/models", "/health", "/openapi.json",
                                       "/metrics", "/"}
     responses = document["paths"]["/autocomplete"]["post"]["responses"]
-    assert set(responses) == {"200", "400", "401", "404", "413", "415", "502", "503", "504"}
+    assert set(responses) == {"200", "400", "401", "404", "413", "415", "429", "502", "503", "504"}
     assert responses["503"]["headers"]["Retry-After"]["required"] is True
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     # Open routes say so; API routes take a key or, with none configured, nothing.

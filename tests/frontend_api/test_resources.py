@@ -15,6 +15,7 @@ import pytest
 
 from fanout.layout import Layout, load_layout
 from fanout.params import AutocompleteRequest
+from frontend_api.access import read_api_keys
 from frontend_api.app import create_app
 from frontend_api.fanout import Failure, Gathered, Sample, WorkerTierError
 from tests.conftest import LayoutFactory
@@ -224,3 +225,37 @@ def test_the_editor_page_and_its_assets_are_served(layout: Layout) -> None:
     assert script.status_code == 200 and "AbortController" in script.text
     assert app.simulate_get("/static/editor.css").status_code == 200
     assert app.simulate_get("/static/../app.py").status_code == 404
+
+
+def test_with_several_keys_one_key_past_its_share_gets_429_and_the_others_go_on(
+        write_layout: LayoutFactory) -> None:
+    # One worker and room for 3 queued samples, shared by 2 keys: 2 samples each.
+    layout = load_layout(write_layout(front={"max_queued_samples": 3}))
+    fanout = EchoFanout(hold=threading.Event())
+    app = falcon.testing.TestClient(create_app(layout, fanout, read_api_keys("key-a,key-b",
+                                                                             None)))
+
+    def post(key: str, n: int) -> falcon.testing.Result:
+        return app.simulate_post("/autocomplete", json={"context": "x", "n_samples": n},
+                                 headers={"Authorization": f"Bearer {key}"})
+
+    answers: list[falcon.testing.Result] = []
+    first = threading.Thread(target=lambda: answers.append(post("key-a", 2)))
+    first.start()
+    while not fanout.seen:  # key A now holds 2 samples, its whole share
+        time.sleep(0.01)
+
+    refused = post("key-a", 1)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "share of 2" in refused.json["description"]
+    other = threading.Thread(target=lambda: answers.append(post("key-b", 2)))
+    other.start()
+    while len(fanout.seen) < 2:  # key B is served beside it
+        time.sleep(0.01)
+    fanout.hold.set()  # type: ignore[union-attr]
+    for thread in (first, other):
+        thread.join(10)
+    assert [a.status_code for a in answers] == [200, 200]
+    assert post("key-a", 2).status_code == 200  # its share is free again
+    load = app.simulate_get("/health").json["load"]
+    assert (load["inflight"], load["rejected"]) == (0, 1)

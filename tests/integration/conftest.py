@@ -30,7 +30,9 @@ def tiers(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
                "ghost": {"bind": f"127.0.0.1:{free_port()}", "slots": ["cpu"]}},
         front={"bind": f"127.0.0.1:{free_port()}", "network_slack": 2.0,
                "max_body_bytes": 4096},
-        generation={"limits": {"length": 300, "max_time": 10.0, "context_bytes": 2048}},
+        # A sample ends by its length, never by the clock, unless a test asks for less.
+        generation={"defaults": {"max_time": 20.0},
+                    "limits": {"length": 300, "max_time": 20.0, "context_bytes": 2048}},
     )
     path = folder / "gpu_layout.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))

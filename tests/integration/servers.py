@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import requests
@@ -38,7 +40,8 @@ class RunningTiers:
         self.env = {**os.environ, LAYOUT_ENV: str(layout_path), "FANOUT_LOG_LEVEL": "info",
                     **(env or {})}
         for tier in tiers(self.layout):
-            if only is None or tier.name in only:
+            # The front's edge comes with it: the front's public address is the edge's.
+            if only is None or tier.name in only or (tier.name == "edge" and "front" in only):
                 self.start(tier.name)
 
     def start(self, name: str) -> None:
@@ -69,7 +72,7 @@ class RunningTiers:
     def wait_ready(self, pools: set[str] | None = None) -> None:
         """Until each named pool (default: all started) reports every slot ready."""
         names = pools if pools is not None else {
-            name.removeprefix("pool-") for name in self.processes if name != "front"}
+            name.removeprefix("pool-") for name in self.processes if name.startswith("pool-")}
         deadline = time.monotonic() + READY_SECONDS
         for name in sorted(names):
             while len(self.ready_slots(name)) < len(self.layout.pools[name].slots):
@@ -79,10 +82,18 @@ class RunningTiers:
                 time.sleep(0.2)
         if "front" in self.processes:
             # The editor page: served once the app is loaded, and open even with API keys.
-            while not _answers(f"{self.front_url}/"):
+            # Asked of the front itself: through the edge, the asking would count against
+            # the client's rate.
+            while not _answers(f"{self.layout.front_listen.url}/"):
                 self._check_alive()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"front not ready:\n{self.log_tail()}")
+                time.sleep(0.2)
+        if "edge" in self.processes:
+            while not _accepts(self.layout.front.bind.url):
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"edge not ready:\n{self.log_tail()}")
                 time.sleep(0.2)
 
     def ready_slots(self, pool: str) -> dict[str, int]:
@@ -184,6 +195,16 @@ def serving(pid: int, port: int) -> bool:
         return False
     return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
                for c in connections)
+
+
+def _accepts(url: str) -> bool:
+    """Does a server listen at ``url``? A TCP connection, no request sent."""
+    address = urlsplit(url)
+    try:
+        with socket.create_connection((address.hostname, address.port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def _answers(url: str) -> bool:

@@ -15,7 +15,7 @@ import requests
 
 from fanout.ports import free_port
 from tests.conftest import LayoutFactory
-from tests.integration.servers import READY_SECONDS, still_running
+from tests.integration.servers import READY_SECONDS, ready_slots, still_running
 
 pytestmark = pytest.mark.integration
 
@@ -39,21 +39,22 @@ def wait_for_line(process: subprocess.Popen[bytes], log: Path, needle: str) -> N
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_serve_starts_all_tiers_and_stops_them_all(
         write_layout: LayoutFactory, tmp_path: Path, stop_signal: signal.Signals) -> None:
-    front = f"127.0.0.1:{free_port()}"
+    front, pool = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     layout = write_layout(front={"bind": front},
-                          pools={"small": {"bind": f"127.0.0.1:{free_port()}",
-                                           "slots": ["cpu", "cpu"]}})
+                          pools={"small": {"bind": pool, "slots": ["cpu", "cpu"]}})
     log = tmp_path / "serve.log"
     process = start_serve(layout, log)
     try:
         wait_for_line(process, log, "fanout is ready")
         assert f"http://{front}/" in log.read_text()
         tree = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
-        assert len(tree) >= 1 + 1 + 1 + 2  # front master+worker, pool master+2 workers
+        # front master+worker, its edge (nginx master+worker), pool master+2 workers
+        assert len(tree) >= 2 + 2 + 1 + 2
         response = requests.post(f"http://{front}/autocomplete", timeout=30,
                                  json={"context": "Hello", "n_samples": 2})
         assert response.status_code == 200
-        assert len({s["worker"]["pid"] for s in response.json()["sentences"]}) == 2
+        ready = set(ready_slots(f"http://{pool}").values())
+        assert {s["worker"]["pid"] for s in response.json()["sentences"]} <= ready
 
         os.kill(process.pid, stop_signal)
         assert process.wait(timeout=60) == 0, log.read_text()
