@@ -44,7 +44,7 @@ def create_app(layout: Layout, fanout: Fanout, api_keys: ApiKeys | None = None) 
     router = falcon.routing.CompiledRouter()
     app = falcon.App(router=router, middleware=[
         FrontObserver(router, static_prefixes=("/static/",),
-                      trusted_proxies=frozenset(filter(None, trusted_proxies(layout).split(",")))),
+                      trusted_proxies=trusted_proxies(layout)),
         *access_middleware(layout.front.cors_origins, api_keys or ApiKeys())])
     add_error_handlers(app)
     app.add_error_handler(WorkerTierError, worker_tier_error)

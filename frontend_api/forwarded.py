@@ -14,9 +14,9 @@ from fanout.layout import Layout
 LOOPBACK = ("127.0.0.1", "::1")
 
 
-def trusted_proxies(layout: Layout) -> str:
-    """gunicorn's ``forwarded_allow_ips``: the edge's addresses, or none without one."""
-    return ",".join(LOOPBACK) if layout.edge.enabled else ""
+def trusted_proxies(layout: Layout) -> frozenset[str]:
+    """The peers whose X-Forwarded-For counts: the edge's addresses, none without one."""
+    return frozenset(LOOPBACK) if layout.edge.enabled else frozenset()
 
 
 def client_address(req: falcon.Request, trusted: frozenset[str]) -> str:

@@ -27,7 +27,7 @@ except LayoutError as error:
 # Behind the edge (nginx on front.bind), the front listens where only the edge connects,
 # and believes X-Forwarded-For from the edge alone; without an edge, from nobody.
 bind = [str(_layout.front_listen)]
-forwarded_allow_ips = trusted_proxies(_layout)
+forwarded_allow_ips = ",".join(sorted(trusted_proxies(_layout)))
 workers = 1
 worker_class = "gthread"
 threads = _layout.front.threads
