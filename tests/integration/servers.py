@@ -147,6 +147,18 @@ class RunningTiers:
                 raise TimeoutError(f"workers {pids} of {pool} are not all serving")
             time.sleep(0.02)
 
+    def wait_inflight(self, count: int, seconds: float = READY_SECONDS) -> None:
+        """Until the front counts ``count`` requests in flight (asked of the front itself,
+        not through its edge)."""
+        deadline = time.monotonic() + seconds
+        while requests.get(f"{self.layout.front_listen.url}/health", timeout=10).json()[
+                "load"]["inflight"] != count:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the front never had {count} requests in flight:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.05)
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(f"--- {name}\n" + "\n".join(path.read_text().splitlines()[-lines:])
                          for name, path in self.logs.items())

@@ -13,6 +13,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ import requests
 import yaml
 
 from benchmarks.slow_clients import Hostile
+from fanout.layout import API_KEYS_ENV
 from fanout.ports import free_port
 from tests.conftest import layout_document
+from tests.integration.paced_worker import PACED_APP, PIECES, Gates
 from tests.integration.servers import RunningTiers
 
 pytestmark = pytest.mark.integration
@@ -154,3 +157,41 @@ def test_past_its_rate_a_client_gets_429_with_retry_after(
         assert plain.status_code == 429 and "limit" in plain.json()["description"]
     finally:
         limited.stop()
+
+
+def test_with_several_keys_one_key_past_its_share_gets_429_and_the_others_are_served(
+        tmp_path: Path, tiny_model_dir: Path) -> None:
+    # Three paced workers and 3 queued samples, shared by two keys: 3 samples each. No
+    # sample ends before the test opens the gates, so "holds" is exact.
+    gates = Gates(tmp_path / "gates")
+    document = layout_document(
+        tiny_model_dir, pools={"small": {"bind": f"127.0.0.1:{free_port()}",
+                                         "worker_timeout": 120, "slots": ["cpu"] * 3}},
+        front={"bind": f"127.0.0.1:{free_port()}", "max_queued_samples": 3},
+        generation={"defaults": {"max_time": 60.0}, "limits": {"max_time": 60.0}})
+    path = tmp_path / "gpu_layout.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    running = RunningTiers(path, tmp_path, env={**gates.env, API_KEYS_ENV: "key-a,key-b"},
+                           apps={"pool-small": PACED_APP})
+
+    def tab(key: str, n: int) -> requests.Response:
+        return requests.post(f"{running.front_url}/autocomplete", timeout=90,
+                             json={"context": "Share", "n_samples": n},
+                             headers={"Authorization": f"Bearer {key}"})
+
+    try:
+        running.wait_ready()
+        with ThreadPoolExecutor(2) as executor:
+            held = executor.submit(tab, "key-a", 3)
+            running.wait_inflight(1)  # key A holds its whole share
+            refused = tab("key-a", 1)
+            other = executor.submit(tab, "key-b", 3)
+            running.wait_inflight(2)  # key B is served beside it
+            for step in range(len(PIECES) + 1):
+                gates.open(step)
+            answers = [held.result(), other.result()]
+    finally:
+        running.stop()
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    assert "share of 3" in refused.json()["description"]
+    assert [a.status_code for a in answers] == [200, 200]

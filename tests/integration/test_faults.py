@@ -184,7 +184,7 @@ def test_past_its_bounds_the_front_answers_503_at_once(tiers: RunningTiers) -> N
         admitted = [executor.submit(post, tiers, n_samples=3, max_time=1.5, **LONG)
                     for _ in range(2)]
         tiers.wait_serving("small", workers)
-        wait_inflight(tiers, 2)
+        tiers.wait_inflight(2)
         for pid in workers:  # the pool stays full for as long as the test knocks
             _signal(pid, signal.SIGSTOP)
         try:
@@ -204,15 +204,6 @@ def test_past_its_bounds_the_front_answers_503_at_once(tiers: RunningTiers) -> N
 def timed_post(tiers: RunningTiers, **body: Any) -> tuple[requests.Response, float]:
     started = time.monotonic()
     return post(tiers, **body), time.monotonic() - started
-
-
-def wait_inflight(tiers: RunningTiers, count: int) -> None:
-    """Until the front counts ``count`` requests in flight."""
-    deadline = time.monotonic() + 60
-    while requests.get(f"{tiers.front_url}/health", timeout=5).json()["load"][
-            "inflight"] != count:
-        assert time.monotonic() < deadline, tiers.log_tail()
-        time.sleep(0.02)
 
 
 def test_a_pool_that_goes_down_is_a_prompt_503_and_comes_back(tiers: RunningTiers) -> None:
