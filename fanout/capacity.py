@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 import yaml
 
-from fanout.layout import FRONT_BIND_ENV, Layout, LayoutError, Pool, load_layout
+from fanout.layout import FRONT_BIND_ENV, Layout, Pool, load_layout, load_layout_or_exit
 from fanout.load import LoadResult, Record, run_load
 from fanout.memory_fit import DeviceFit, describe_fit, fit_report, gpu_memory, nvidia_smi
 from fanout.ports import free_port
@@ -549,11 +549,7 @@ def measure(layout: Layout, pool: Pool, workers: int, settings: Settings,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        layout = load_layout(args.layout)
-    except LayoutError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    layout = load_layout_or_exit(args.layout)
     if problem := check(args, layout):
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fanout.layout import Bind, Layout, LayoutError, load_layout
+from fanout.layout import Bind, Layout, load_layout_or_exit
 
 NGINX_ENV = "FANOUT_NGINX"  # the nginx binary, when it is not on PATH or in /usr/sbin
 INSTALL_HINT = ("install Debian's nginx (apt-get install nginx; scripts/serve does it when "
@@ -236,11 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, help="where the configuration and nginx's "
                         "temporary files go (default: a new temporary directory)")
     args = parser.parse_args(argv)
-    try:
-        layout = load_layout(args.layout)
-    except LayoutError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    layout = load_layout_or_exit(args.layout)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="fanout-edge-"))
     if args.print:
         print(render(layout, run_dir), end="")

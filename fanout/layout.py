@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -222,6 +223,15 @@ def load_layout(path: str | os.PathLike[str] | None = None) -> Layout:
     except yaml.YAMLError as exc:
         raise LayoutError(str(source), "<file>", f"is not valid YAML: {exc}") from exc
     return _Parser(source).layout(document)
+
+
+def load_layout_or_exit(path: str | os.PathLike[str] | None = None) -> Layout:
+    """For the command-line tools: the layout, or exit status 2 with its error on stderr."""
+    try:
+        return load_layout(path)
+    except LayoutError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class _Parser:
@@ -507,14 +517,8 @@ def describe(layout: Layout) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fanout.layout [FILE]``: validate a layout and say what it starts."""
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
-    try:
-        print(describe(load_layout(args[0] if args else None)))
-    except LayoutError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    print(describe(load_layout_or_exit(args[0] if args else None)))
     return 0
 
 

@@ -21,7 +21,6 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from fanout.layout import GenerationLimits, Layout, LayoutError, Model, Pool, load_layout
+from fanout.layout import GenerationLimits, Layout, Model, Pool, load_layout_or_exit
 
 MiB = 2**20
 # A CPU worker's memory beyond its weights: the Python interpreter, torch, transformers,
@@ -295,11 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("layout", nargs="?", help="layout file (default: $FANOUT_LAYOUT or "
                                                   "gpu_layout.yaml)")
     args = parser.parse_args(argv)
-    try:
-        layout = load_layout(args.layout)
-    except LayoutError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    layout = load_layout_or_exit(args.layout)
     print(f"memory fit for {layout.source}\n{describe_fit(fit_report(layout))}")
     return 0
 

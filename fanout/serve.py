@@ -29,9 +29,8 @@ from fanout.layout import (
     FRONT_BIND_ENV,
     LAYOUT_ENV,
     Layout,
-    LayoutError,
     describe,
-    load_layout,
+    load_layout_or_exit,
 )
 from fanout.memory_fit import oversubscription_warnings
 from fanout.tiers import Tier, tiers
@@ -193,11 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                              "machine that runs one pool for a front elsewhere: --only "
                              "pool-small")
     args = parser.parse_args(argv)
-    try:
-        layout = load_layout(args.layout)
-    except LayoutError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    layout = load_layout_or_exit(args.layout)
     print(describe(layout), flush=True)
     for warning in oversubscription_warnings(layout):  # an estimate: say so, do not refuse
         print(warning, file=sys.stderr, flush=True)

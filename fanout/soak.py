@@ -34,7 +34,7 @@ import requests
 from tqdm import tqdm
 
 from fanout.capacity import CONTEXT, step_layout
-from fanout.layout import FRONT_BIND_ENV, Layout, LayoutError, load_layout
+from fanout.layout import FRONT_BIND_ENV, Layout, load_layout_or_exit
 from fanout.load import NO_ANSWER, LoadResult, run_load
 from fanout.serve import Supervisor, running_tiers
 
@@ -221,11 +221,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        layout = load_layout(args.layout)
-    except LayoutError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    layout = load_layout_or_exit(args.layout)
     pool = args.pool or layout.default_pool.name
     if pool not in layout.pools:
         print(f"error: no pool {pool!r} in {layout.source}", file=sys.stderr)
