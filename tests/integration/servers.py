@@ -8,14 +8,17 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from fanout.layout import LAYOUT_ENV, load_layout
 from fanout.tiers import tiers
@@ -75,26 +78,20 @@ class RunningTiers:
             name.removeprefix("pool-") for name in self.processes if name.startswith("pool-")}
         deadline = time.monotonic() + READY_SECONDS
         for name in sorted(names):
-            while len(self.ready_slots(name)) < len(self.layout.pools[name].slots):
-                self._check_alive()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"pool {name} not ready:\n{self.log_tail()}")
-                time.sleep(0.2)
+            self.wait_until(partial(self._pool_ready, name), f"pool {name} ready",
+                            deadline - time.monotonic(), every=0.2)
         if "front" in self.processes:
             # The editor page: served once the app is loaded, and open even with API keys.
             # Asked of the front itself: through the edge, the asking would count against
             # the client's rate.
-            while not _answers(f"{self.layout.front_listen.url}/"):
-                self._check_alive()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"front not ready:\n{self.log_tail()}")
-                time.sleep(0.2)
+            self.wait_until(lambda: _answers(f"{self.layout.front_listen.url}/"),
+                            "front ready", deadline - time.monotonic(), every=0.2)
         if "edge" in self.processes:
-            while not _accepts(self.layout.front.bind.url):
-                self._check_alive()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"edge not ready:\n{self.log_tail()}")
-                time.sleep(0.2)
+            self.wait_until(lambda: _accepts(self.layout.front.bind.url), "edge ready",
+                            deadline - time.monotonic(), every=0.2)
+
+    def _pool_ready(self, pool: str) -> bool:
+        return len(self.ready_slots(pool)) >= len(self.layout.pools[pool].slots)
 
     def ready_slots(self, pool: str) -> dict[str, int]:
         return ready_slots(self.pool_url(pool))
@@ -104,6 +101,17 @@ class RunningTiers:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log_tail()}")
 
+    def wait_until(self, done: Callable[[], bool], what: str,
+                   seconds: float = READY_SECONDS, every: float = 0.05) -> None:
+        """Until ``done()`` holds, looking every ``every`` seconds; a tier that exits or
+        ``seconds`` that run out end the wait with an error naming ``what``."""
+        deadline = time.monotonic() + seconds
+        while not done():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not {what} after {seconds:.0f}s:\n{self.log_tail()}")
+            time.sleep(every)
+
     def log_size(self, name: str) -> int:
         """Where tier ``name``'s log ends now: pass it to ``wait_for_log`` as ``since``."""
         return self.logs[name].stat().st_size
@@ -111,24 +119,15 @@ class RunningTiers:
     def wait_for_log(self, name: str, text: str, since: int = 0,
                      seconds: float = READY_SECONDS) -> None:
         """Until tier ``name`` logs ``text`` (after byte ``since`` of its log)."""
-        deadline = time.monotonic() + seconds
-        while text not in self.logs[name].read_bytes()[since:].decode(errors="replace"):
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} never logged {text!r}:\n{self.log_tail()}")
-            time.sleep(0.05)
+        self.wait_until(lambda: text in self.logs[name].read_bytes()[since:].decode(
+            errors="replace"), f"{text!r} in {name}'s log", seconds)
 
     def request_lines(self, name: str, request_id: str, count: int,
                       seconds: float = READY_SECONDS) -> list[dict[str, Any]]:
         """Tier ``name``'s JSON log lines for ``request_id``, once there are ``count``."""
-        deadline = time.monotonic() + seconds
-        while len(mine := self._request_lines(name, request_id)) < count:
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} logged {len(mine)} of {count} lines for "
-                                   f"{request_id}:\n{self.log_tail()}")
-            time.sleep(0.05)
-        return mine
+        self.wait_until(lambda: len(self._request_lines(name, request_id)) >= count,
+                        f"{count} lines for {request_id} in {name}'s log", seconds)
+        return self._request_lines(name, request_id)
 
     def _request_lines(self, name: str, request_id: str) -> list[dict[str, Any]]:
         lines = [json.loads(line) for line in self.logs[name].read_text().splitlines()
@@ -140,24 +139,15 @@ class RunningTiers:
         """Until each worker in ``pids`` holds a connection it accepted on the pool's port,
         that is, serves a request now (a sync worker serves one at a time)."""
         port = self.layout.pools[pool].bind.port
-        deadline = time.monotonic() + seconds
-        while not all(serving(pid, port) for pid in pids):
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"workers {pids} of {pool} are not all serving")
-            time.sleep(0.02)
+        self.wait_until(lambda: all(serving(pid, port) for pid in pids),
+                        f"workers {pids} of {pool} all serving", seconds, every=0.02)
 
     def wait_inflight(self, count: int, seconds: float = READY_SECONDS) -> None:
         """Until the front counts ``count`` requests in flight (asked of the front itself,
         not through its edge)."""
-        deadline = time.monotonic() + seconds
-        while requests.get(f"{self.layout.front_listen.url}/health", timeout=10).json()[
-                "load"]["inflight"] != count:
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the front never had {count} requests in flight:\n"
-                                   f"{self.log_tail()}")
-            time.sleep(0.05)
+        health = f"{self.layout.front_listen.url}/health"
+        self.wait_until(lambda: requests.get(health, timeout=10).json()["load"][
+            "inflight"] == count, f"{count} requests in flight at the front", seconds)
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(f"--- {name}\n" + "\n".join(path.read_text().splitlines()[-lines:])
@@ -237,3 +227,24 @@ def still_running(pids: list[int]) -> list[int]:
         if state != "Z":
             alive.append(pid)
     return alive
+
+
+Scrape = dict[str, list[Sample]]
+
+
+def scrape(url: str) -> Scrape:
+    """A tier's /metrics, its samples by name."""
+    response = requests.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/plain")
+    found: Scrape = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append(sample)
+    return found
+
+
+def total(scraped: Scrape, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` whose labels include ``labels``."""
+    return sum(s.value for s in scraped.get(name, [])
+               if all(s.labels.get(key) == value for key, value in labels.items()))

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.integration.browser import ARTIFACTS, editor_page, options
-from tests.integration.servers import RunningTiers
+from tests.integration.servers import RunningTiers, paused
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -84,17 +84,12 @@ def test_typing_during_a_slow_request_aborts_it(page: Page, tiers: RunningTiers)
     workers = [int(pid) for pid in tiers.ready_slots("small").values()]
     page.locator("#document").click()
     page.keyboard.type("Slow")
-    for pid in workers:  # the request will hang until they resume
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with paused(workers):  # the request will hang until they resume
         page.keyboard.press("Tab")
         expect(page.locator("#status")).to_have_class("busy")
         front_log = tiers.log_size("front")
         with page.expect_event("requestfailed") as failed:
             page.keyboard.type("er")
-    finally:
-        for pid in workers:
-            os.kill(pid, signal.SIGCONT)
     # The page cut its request; the front saw it leave and ended the request.
     assert failed.value.url.endswith("/autocomplete")
     assert "ABORTED" in (failed.value.failure or "")

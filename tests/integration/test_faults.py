@@ -185,13 +185,8 @@ def test_past_its_bounds_the_front_answers_503_at_once(tiers: RunningTiers) -> N
                     for _ in range(2)]
         tiers.wait_serving("small", workers)
         tiers.wait_inflight(2)
-        for pid in workers:  # the pool stays full for as long as the test knocks
-            _signal(pid, signal.SIGSTOP)
-        try:
+        with paused(workers):  # the pool stays full for as long as the test knocks
             refused = [timed_post(tiers, n_samples=3, max_time=1.5, **LONG) for _ in range(3)]
-        finally:
-            for pid in workers:
-                _signal(pid, signal.SIGCONT)
         assert [future.result().status_code for future in admitted] == [200, 200]
 
     assert all(response.status_code == 503 and response.headers["Retry-After"] == "1"

@@ -14,31 +14,10 @@ from typing import Any
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 
-from tests.integration.servers import READY_SECONDS, RunningTiers
+from tests.integration.servers import READY_SECONDS, RunningTiers, scrape, total
 
 pytestmark = pytest.mark.integration
-
-Scrape = dict[str, list[Sample]]
-
-
-def scrape(url: str) -> Scrape:
-    response = requests.get(f"{url}/metrics", timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.headers["Content-Type"].startswith("text/plain")
-    found: Scrape = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            found.setdefault(sample.name, []).append(sample)
-    return found
-
-
-def total(scraped: Scrape, name: str, **labels: str) -> float:
-    return sum(s.value for s in scraped.get(name, [])
-               if all(s.labels.get(key) == value for key, value in labels.items()))
-
 
 def autocomplete(tiers: RunningTiers, body: dict[str, Any],
                  headers: dict[str, str] | None = None) -> requests.Response:

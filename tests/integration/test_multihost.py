@@ -27,7 +27,14 @@ from fanout.ports import free_port
 from fanout.tiers import tiers
 from tests.conftest import layout_document
 from tests.integration.netns import NetnsHost, why_no_namespaces
-from tests.integration.servers import READY_SECONDS, RunningTiers, paused, ready_slots
+from tests.integration.servers import (
+    READY_SECONDS,
+    RunningTiers,
+    paused,
+    ready_slots,
+    scrape,
+    total,
+)
 
 POOL_PORT = 8101  # the same on both hosts: each namespace has its own ports
 WORKERS_PER_HOST = 2
@@ -56,10 +63,8 @@ class TwoHosts:
 
     def samples_sent(self, host_url: str) -> float:
         """How many samples the front has sent to ``host_url`` so far (every try)."""
-        metrics = requests.get(f"{self.front.front_url}/metrics", timeout=10).text
-        wanted = f'fanout_front_host_samples_total{{host="{host_url}",pool="small"}} '
-        return sum(float(line.removeprefix(wanted)) for line in metrics.splitlines()
-                   if line.startswith(wanted))
+        return total(scrape(self.front.front_url), "fanout_front_host_samples_total",
+                     host=host_url, pool="small")
 
     def autocomplete_held(self, n_samples: int) -> dict[str, Any]:
         """``autocomplete`` with every worker paused until the front has sent all the
@@ -69,10 +74,8 @@ class TwoHosts:
         sent_before = sum(self.samples_sent(url) for url in self.urls)
         with ThreadPoolExecutor(1) as executor, paused(workers):
             answer = executor.submit(self.autocomplete, n_samples)
-            deadline = time.monotonic() + READY_SECONDS
-            while sum(self.samples_sent(url) for url in self.urls) < sent_before + n_samples:
-                assert time.monotonic() < deadline, "the front did not send every sample"
-                time.sleep(0.05)
+            self.front.wait_until(lambda: sum(self.samples_sent(url) for url in self.urls)
+                                  >= sent_before + n_samples, "every sample sent")
         return answer.result()
 
     def health(self) -> dict[str, Any]:
