@@ -234,12 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print", action="store_true", help="print the configuration "
                         "(for an nginx or ingress of your own) and exit")
     parser.add_argument("--run-dir", type=Path, help="where the configuration and nginx's "
-                        "temporary files go (default: a new temporary directory)")
+                        "temporary files go (default: a new temporary directory; printed "
+                        "as <tmp>/fanout-edge)")
     args = parser.parse_args(argv)
     layout = load_layout_or_exit(args.layout)
-    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="fanout-edge-"))
-    if args.print:
-        print(render(layout, run_dir), end="")
+    if args.print:  # nothing is written: no directory is made for it
+        print(render(layout, args.run_dir or Path(tempfile.gettempdir()) / "fanout-edge"),
+              end="")
         return 0
     if not layout.edge.enabled:
         print(f"error: {layout.source}: edge.enabled is false: there is no edge to run",
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="fanout-edge-"))
     config = write_config(layout, run_dir)
     sys.stdout.flush()
     os.execv(nginx, [nginx, "-e", "stderr", "-c", str(config), "-g", "daemon off;"])
