@@ -1,7 +1,7 @@
 """Model processes driven directly through pipes: the strategies that use no HTTP at all.
 
 Each ``ModelProcess`` is a fresh interpreter (spawn: nothing of the parent's torch state
-is inherited) that loads the model with the worker tier's own ``LanguageModel`` on a
+is inherited) that loads the model with the worker tier's own ``TransformersEngine`` on a
 fixed number of CPU threads, warms it up, and then runs the jobs it is sent:
 
 - ``sequential``: n samples one after another (the naive server);
@@ -111,10 +111,10 @@ def _serve(conn: Connection, folder: str, threads: int) -> None:
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(threads)
     try:
-        from worker_api.model import LanguageModel, set_cpu_threads
+        from worker_api.engines.transformers_engine import TransformersEngine, set_cpu_threads
 
         set_cpu_threads(threads)
-        model = LanguageModel(Model(folder, Path(folder)), "cpu", "float32")
+        model = TransformersEngine(Model(folder, Path(folder)), "cpu", "float32")
         model.warm_up()
     except Exception as error:  # report it to the parent rather than dying silently
         conn.send(f"{type(error).__name__}: {error}")

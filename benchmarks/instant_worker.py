@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,9 @@ import falcon
 from fanout.layout import load_layout
 from fanout.params import GenerationParams
 from worker_api.app import create_app
+from worker_api.engines.base import Completion
 from worker_api.resources import Generator, WorkerIdentity
 from worker_api.slots import SLOT_ENV, STATE_DIR_ENV, SlotBoard, pool_from_env
-
-
-@dataclass(frozen=True)
-class InstantCompletion:
-    text: str
-    tokens: int
-    finish_reason: str
-    time: float
-    seed: int
-    context_tokens: int
 
 
 class InstantGenerator:
@@ -42,13 +32,13 @@ class InstantGenerator:
     ready = True
 
     def generate(self, params: GenerationParams,
-                 abandoned: Callable[[], bool] | None = None) -> InstantCompletion:
-        return InstantCompletion(text=" word" * params.length, tokens=params.length,
+                 abandoned: Callable[[], bool] | None = None) -> Completion:
+        return Completion(text=" word" * params.length, tokens=params.length,
                                  finish_reason="length", time=0.0, seed=params.seed or 0,
                                  context_tokens=1)
 
     def stream(self, params: GenerationParams,
-               abandoned: Callable[[], bool] | None = None) -> Iterator[str | InstantCompletion]:
+               abandoned: Callable[[], bool] | None = None) -> Iterator[str | Completion]:
         done = self.generate(params)
         yield done.text
         yield done

@@ -25,6 +25,13 @@ POOL_ENV = "FANOUT_POOL"  # which pool a worker-tier server runs
 API_KEYS_ENV = "FANOUT_API_KEYS"  # the front's API keys, comma-separated (frontend_api.access)
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# What generates inside a pool's workers (worker_api.engines): CTranslate2, a decode engine,
+# or transformers' generate(), the reference that runs any model transformers loads.
+ENGINES = ("ctranslate2", "transformers")
+DEFAULT_ENGINE = "transformers"
+# CTranslate2's compute types: these run on CPU and CUDA; the GPU_ONLY ones need CUDA.
+QUANTIZATIONS = ("int8", "int8_float32", "float32")
+GPU_ONLY_QUANTIZATIONS = ("float16", "bfloat16", "int8_float16")
 _DEVICE = re.compile(r"^(cpu|cuda:(0|[1-9][0-9]*))$")
 _POOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # A hub id is "name" or "owner/name"; anything that looks like a path is a folder.
@@ -133,6 +140,7 @@ class Slot:
     index: int
     device: str
     threads: int = 1
+    cpus: tuple[int, ...] = ()  # CPU cores the worker is pinned to; () = not pinned
 
     @property
     def is_cuda(self) -> bool:
@@ -168,6 +176,14 @@ class Pool:
     # Where the front reaches this pool's worker tier: base URLs of one server per host
     # running it (pools.NAME.hosts); when the layout names none, the pool's own bind.
     hosts: tuple[str, ...] = ()
+    engine: str = DEFAULT_ENGINE
+    # CTranslate2's compute type (engine ctranslate2 only; None for transformers).
+    quantization: str | None = None
+
+    @property
+    def precision(self) -> str:
+        """What the weights compute in: the quantization, or the transformers dtype."""
+        return self.quantization or self.dtype
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -367,17 +383,16 @@ class _Parser:
             raise self.fail(key, "pool names are lower-case letters, digits, '-' or '_' "
                                  "(at most 32, starting with a letter)")
         spec = self.mapping(value, key, required={"model", "bind", "slots"},
-                            optional={"dtype", "allow_pickle", "worker_timeout", "hosts"})
+                            optional={"dtype", "allow_pickle", "worker_timeout", "hosts",
+                                      "engine", "quantization"})
         slots_value = spec["slots"]
         if not isinstance(slots_value, list) or not slots_value:
             raise self.fail(f"{key}.slots", "needs a list of at least one worker slot")
         slots = tuple(self.slot(f"{key}.slots[{i}]", i, s) for i, s in enumerate(slots_value))
-        dtype = spec.get("dtype", "auto")
-        if dtype not in DTYPES:
-            raise self.fail(f"{key}.dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
-        if dtype == "float16" and any(not s.is_cuda for s in slots):
-            raise self.fail(f"{key}.dtype", "float16 needs GPU slots; use float32 or "
-                                            "bfloat16 for a pool with cpu slots")
+        engine = spec.get("engine", DEFAULT_ENGINE)
+        if engine not in ENGINES:
+            raise self.fail(f"{key}.engine", f"{engine!r} is not one of {', '.join(ENGINES)}")
+        dtype, quantization = self.precision(spec, key, engine, slots)
         allow_pickle = spec.get("allow_pickle", False)
         if not isinstance(allow_pickle, bool):
             raise self.fail(f"{key}.allow_pickle", "must be true or false")
@@ -390,7 +405,38 @@ class _Parser:
         return Pool(name=name, model=self.model(spec["model"], f"{key}.model", allow_pickle),
                     dtype=dtype, bind=self.bind(spec["bind"], f"{key}.bind"),
                     slots=slots, worker_timeout=timeout,
-                    hosts=self.hosts(spec.get("hosts"), f"{key}.hosts"))
+                    hosts=self.hosts(spec.get("hosts"), f"{key}.hosts"),
+                    engine=engine, quantization=quantization)
+
+    def precision(self, spec: dict[str, Any], key: str, engine: str,
+                  slots: tuple[Slot, ...]) -> tuple[str, str | None]:
+        """``dtype`` for transformers, ``quantization`` for CTranslate2; each names its
+        engine when given to the other, so a layout never carries a setting that is ignored."""
+        all_cuda = all(slot.is_cuda for slot in slots)
+        if engine == "ctranslate2":
+            if "dtype" in spec:
+                raise self.fail(f"{key}.dtype", "applies to the transformers engine; a "
+                                                "ctranslate2 pool sets quantization")
+            # int8 weights with float16 activations is CTranslate2's fast GPU choice.
+            quantization = spec.get("quantization", "int8_float16" if all_cuda else "int8")
+            if quantization not in QUANTIZATIONS + GPU_ONLY_QUANTIZATIONS:
+                raise self.fail(f"{key}.quantization", f"{quantization!r} is not one of "
+                                f"{', '.join(QUANTIZATIONS + GPU_ONLY_QUANTIZATIONS)}")
+            if quantization in GPU_ONLY_QUANTIZATIONS and not all_cuda:
+                raise self.fail(f"{key}.quantization",
+                                f"{quantization} needs GPU slots; a pool with cpu slots "
+                                f"uses one of {', '.join(QUANTIZATIONS)}")
+            return "auto", quantization
+        if "quantization" in spec:
+            raise self.fail(f"{key}.quantization", "applies to the ctranslate2 engine; a "
+                                                   "transformers pool sets dtype")
+        dtype = spec.get("dtype", "auto")
+        if dtype not in DTYPES:
+            raise self.fail(f"{key}.dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
+        if dtype == "float16" and not all_cuda:
+            raise self.fail(f"{key}.dtype", "float16 needs GPU slots; use float32 or "
+                                            "bfloat16 for a pool with cpu slots")
+        return dtype, None
 
     def hosts(self, value: Any, key: str) -> tuple[str, ...]:
         """The pool's worker-tier servers as base URLs; unlike a bind, a host may be a DNS
@@ -416,12 +462,28 @@ class _Parser:
     def slot(self, key: str, index: int, value: Any) -> Slot:
         if isinstance(value, str):
             value = {"device": value}
-        spec = self.mapping(value, key, required={"device"}, optional={"threads"})
+        spec = self.mapping(value, key, required={"device"}, optional={"threads", "cpus"})
         device = spec["device"]
         if not isinstance(device, str) or not _DEVICE.match(device):
             raise self.fail(f"{key}.device", f"{device!r} is not a device; use 'cpu' or 'cuda:N'")
-        threads = self.integer(spec, key, "threads", Slot.threads, low=1, high=1024)
-        return Slot(index=index, device=device, threads=threads)
+        cpus = self.cpus(spec.get("cpus"), f"{key}.cpus")
+        # Pinned to N cores, a worker's thread pool is N threads unless the slot says less.
+        threads = self.integer(spec, key, "threads", len(cpus) or Slot.threads, low=1,
+                               high=len(cpus) or 1024,
+                               why="no more threads than the cores it is pinned to")
+        return Slot(index=index, device=device, threads=threads, cpus=cpus)
+
+    def cpus(self, value: Any, key: str) -> tuple[int, ...]:
+        """Core numbers as the kernel counts them; whether this host has them is checked
+        where the worker pins itself (the layout may be read on another machine)."""
+        if value is None:
+            return ()
+        if (not isinstance(value, list) or not value
+                or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in value)):
+            raise self.fail(key, f"must be a list of CPU core numbers (0, 1, ...), not {value!r}")
+        if len(set(value)) != len(value):
+            raise self.fail(key, f"lists a core twice: {value}")
+        return tuple(value)
 
     def model(self, value: Any, key: str, allow_pickle: bool) -> Model:
         if not isinstance(value, str) or not value.strip():
@@ -506,8 +568,10 @@ def describe(layout: Layout) -> str:
     lines.append(f"  front   http on {layout.front_listen} ({layout.front.threads} threads, "
                  f"up to {layout.front.max_samples} samples)")
     for pool in layout.pools.values():
-        devices = ", ".join(f"{s.device}x{s.threads}t" for s in pool.slots)
-        lines.append(f"  pool {pool.name}: {pool.model.source} ({pool.dtype}) on {pool.bind}, "
+        devices = ", ".join(f"{s.device}x{s.threads}t" + (f"@{s.cpus}" if s.cpus else "")
+                            for s in pool.slots)
+        lines.append(f"  pool {pool.name}: {pool.model.source} ({pool.engine} "
+                     f"{pool.precision}) on {pool.bind}, "
                      f"{len(pool.slots)} workers [{devices}]")
         if pool.hosts:
             lines.append(f"    the front reaches it on {len(pool.hosts)} hosts: "

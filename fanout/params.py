@@ -43,11 +43,15 @@ class GenerationParams:
     max_tokens: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()  # generation ends at the first of these, which is cut off
+    # Neither end of text nor a stop sequence ends a completion before this many tokens
+    # (vLLM's min_tokens); 0 is no minimum.
+    min_tokens: int = 0
 
     # Shallow on purpose: every field is a scalar (or a tuple of strings), and asdict's
     # deep copy was a visible share of the front's per-sample cost.
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if v is not None and v != ()}
+        return {k: v for k, v in vars(self).items()
+                if v is not None and v != () and not (k == "min_tokens" and v == 0)}
 
     def with_seed(self, seed: int | None) -> GenerationParams:
         return replace(self, seed=seed)
@@ -69,12 +73,13 @@ class AutocompleteRequest:
 
 
 GENERATION_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top_p",
-                               "max_time", "max_tokens", "seed", "stop"})
+                               "max_time", "max_tokens", "seed", "stop", "min_tokens"})
 AUTOCOMPLETE_FIELDS = (GENERATION_FIELDS - {"stop"}) | {"model_size", "n_samples"}
 # POST /v1/completions, as OpenAI's API names them.
 COMPLETION_FIELDS = frozenset({"model", "prompt", "n", "max_tokens", "temperature", "top_p",
                                "seed", "stop", "stream", "user",
-                               "top_k"})  # not OpenAI's: an extension, as other servers have
+                               # not OpenAI's: extensions, as vLLM has them
+                               "top_k", "min_tokens"})
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
 OPENAI_DEFAULT_MAX_TOKENS = 16
@@ -141,16 +146,18 @@ def parse_completion(body: Any, defaults: GenerationDefaults, limits: Generation
     _check_context("prompt", prompt_text, limits)
     fields.string("user", default="")  # accepted for compatibility; not used
     stream = fields.boolean("stream", False)
+    length = fields.integer("max_tokens", min(OPENAI_DEFAULT_MAX_TOKENS, limits.length), 1,
+                            limits.length)
     params = GenerationParams(
         context=prompt_text,
-        length=fields.integer("max_tokens", min(OPENAI_DEFAULT_MAX_TOKENS, limits.length), 1,
-                              limits.length),
+        length=length,
         temperature=fields.number("temperature", 1.0, 0.0, 2.0),
         top_k=fields.integer("top_k", 0, 0, MAX_TOP_K),
         top_p=fields.number("top_p", 1.0, 0.0, 1.0, low_open=True),
         max_time=defaults.max_time,
         seed=fields.optional_integer("seed", 0, MAX_SEED),
         stop=fields.stop_sequences("stop"),
+        min_tokens=fields.min_tokens("max_tokens", length),
     )
     return CompletionRequest(AutocompleteRequest(model, fields.integer("n", 1, 1, max_samples),
                                                  params), stream)
@@ -165,9 +172,10 @@ def _generation(fields: _Fields, defaults: GenerationDefaults,
                 limits: GenerationLimits) -> GenerationParams:
     context = fields.string("context")
     _check_context("context", context, limits)
+    length = fields.integer("length", defaults.length, 1, limits.length)
     return GenerationParams(
         context=context,
-        length=fields.integer("length", defaults.length, 1, limits.length),
+        length=length,
         temperature=fields.number("temperature", defaults.temperature, 0.0, MAX_TEMPERATURE),
         top_k=fields.integer("top_k", defaults.top_k, 0, MAX_TOP_K),
         top_p=fields.number("top_p", defaults.top_p, 0.0, 1.0, low_open=True),
@@ -176,6 +184,7 @@ def _generation(fields: _Fields, defaults: GenerationDefaults,
         max_tokens=fields.optional_integer("max_tokens", 1, MAX_CONTEXT_TOKENS),
         seed=fields.optional_integer("seed", 0, MAX_SEED),
         stop=fields.stop_sequences("stop"),
+        min_tokens=fields.min_tokens("length", length),
     )
 
 
@@ -240,6 +249,14 @@ class _Fields:
                 raise ParamError(name, f"sequences must be 1 to {MAX_STOP_CHARS} characters")
             _Fields({name: item}, frozenset({name})).string(name)  # no lone surrogates
         return tuple(items)
+
+    def min_tokens(self, length_name: str, length: int) -> int:
+        """``min_tokens``: at most the length asked for, which names its own field."""
+        value = self.optional_integer("min_tokens", 0, MAX_CONTEXT_TOKENS) or 0
+        if value > length:
+            raise ParamError("min_tokens", f"must be at most {length_name} ({length}), "
+                                           f"not {value}")
+        return value
 
     def optional_integer(self, name: str, low: int, high: int) -> int | None:
         value = self.body.get(name)

@@ -95,7 +95,7 @@ class Sample:
     round_trip: float
     tokens: int
     finish_reason: str
-    seed: int
+    seed: int | None  # None: the engine cannot replay it (a ctranslate2 pool, unseeded)
     worker: dict[str, Any]
     context_tokens: int = 0  # the prompt tokens the worker fed the model
 

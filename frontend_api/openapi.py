@@ -85,6 +85,9 @@ def request_schema(layout: Layout) -> Schema:
             "seed": _integer(0, params.MAX_SEED, None,
                              "Sample i uses seed + i, so a request can be repeated; "
                              "default: random."),
+            "min_tokens": _integer(0, limits.length, 0,
+                                   "The end of text does not end a sample "
+                                   "before this many tokens (at most length)."),
         },
     }
 
@@ -106,7 +109,11 @@ def _schemas(layout: Layout) -> dict[str, Schema]:
                 "finish_reason": {"type": "string", "enum": ["length", "stop", "time"],
                                   "description": "length: all tokens; stop: the model "
                                                  "ended the text; time: max_time ran out"},
-                "seed": {**integer, "minimum": 0, "maximum": params.MAX_SEED},
+                "seed": {"type": ["integer", "null"], "minimum": 0,
+                         "maximum": params.MAX_SEED,
+                         "description": "Replays this sample when sent back as seed; null "
+                                        "where the engine cannot replay it (a ctranslate2 "
+                                        "pool sampling without a requested seed)."},
                 "worker": _ref("Worker"),
             },
         },

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fanout.convert import CACHE_ENV
 from fanout.layout import API_KEYS_ENV, FRONT_BIND_ENV, LAYOUT_ENV
 from fanout.ports import free_port
 from fanout.tiny_model import make_tiny_model
@@ -21,6 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 # the developer's shell must not reach them (tests that want one set it themselves).
 for _variable in (LAYOUT_ENV, FRONT_BIND_ENV, API_KEYS_ENV):
     os.environ.pop(_variable, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def conversion_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CTranslate2 conversions made by this session's servers and tests go to a folder of
+    its own (inherited by every server it starts), not to the developer's cache."""
+    folder = tmp_path_factory.mktemp("conversions")
+    os.environ[CACHE_ENV] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

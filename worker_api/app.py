@@ -1,8 +1,9 @@
 """The worker tier's WSGI app: ``create_app`` wires routes, ``get_app`` is what gunicorn calls.
 
-``get_app`` runs once in each worker after fork (the master never imports torch): it
-loads the pool's model onto the slot's device, warms it up, marks the slot ready, and
-only then returns the app, so a worker takes no traffic before it can generate.
+``get_app`` runs once in each worker after fork (the master imports no engine): it
+loads the pool's model onto the slot's device with the pool's engine, warms it up,
+marks the slot ready, and only then returns the app, so a worker takes no traffic before
+it can generate.
 
 The master does not import this module either: prometheus_client, imported here through
 ``worker_api.metrics``, must load after the master has exported its metrics directory.
@@ -21,6 +22,7 @@ from fanout.http import add_error_handlers
 from fanout.layout import Layout, load_layout
 from fanout.params import generation_body_limit
 from worker_api import metrics
+from worker_api.engines import load_engine
 from worker_api.resources import Generate, Generator, Health, Info, ReadySlots, WorkerIdentity
 from worker_api.slots import RESTARTED_ENV, SLOT_ENV, STATE_DIR_ENV, SlotBoard, pool_from_env
 
@@ -45,21 +47,18 @@ def create_app(model: Generator, layout: Layout, identity: WorkerIdentity,
 
 
 def get_app() -> falcon.App:
-    from worker_api.model import LanguageModel, set_cpu_threads  # torch: only after fork
-
     layout = load_layout()
     pool = pool_from_env(layout)
     slot = pool.slots[int(os.environ.get(SLOT_ENV, "0"))]
-    set_cpu_threads(slot.threads)
-    # post_fork hid every other GPU, so the slot's GPU is cuda:0 inside this process.
-    model = LanguageModel(pool.model, "cuda:0" if slot.is_cuda else "cpu", pool.dtype)
+    model = load_engine(pool, slot)
     model.warm_up()
     board = SlotBoard(Path(os.environ.get(STATE_DIR_ENV) or tempfile.mkdtemp(prefix="fanout-")))
     # Before the slot shows ready, so that whoever sees it ready sees its boot counted.
     metrics.record_boot(slot, model.load_seconds, os.environ.get(RESTARTED_ENV) == "1",
                         model.memory())
     board.mark_ready(slot.index, os.getpid(), slot.device)
-    log.info("worker pid %d serving pool %s slot %d on %s (%s, %d threads, loaded in %.1fs)",
-             os.getpid(), pool.name, slot.index, slot.device, pool.model.source, slot.threads,
-             model.load_seconds)
+    log.info("worker pid %d serving pool %s slot %d on %s (%s, %s %s, %d threads%s, "
+             "loaded in %.1fs)", os.getpid(), pool.name, slot.index, slot.device,
+             pool.model.source, pool.engine, pool.precision, slot.threads,
+             f", cores {list(slot.cpus)}" if slot.cpus else "", model.load_seconds)
     return create_app(model, layout, WorkerIdentity(pool, slot), board)

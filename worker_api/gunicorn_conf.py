@@ -3,8 +3,9 @@
 Run as ``gunicorn -c python:worker_api.gunicorn_conf 'worker_api.app:get_app()'`` with
 ``FANOUT_POOL`` naming the pool. The master only reads the layout (no torch, no CUDA);
 ``pre_fork`` hands each new worker the lowest free slot, ``post_fork`` pins the child to
-that slot's device, and the app factory loads the model inside the child. ``on_starting``
-also makes the directory where the workers keep their Prometheus metrics.
+that slot's device (and cores), and the app factory loads the model inside the child.
+``on_starting``, before any fork, finds a CTranslate2 pool's conversion in the cache (or
+has it made) and makes the directory where the workers keep their Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fanout.convert import prepare
 from fanout.layout import LayoutError, load_layout
 from fanout.logs import logging_config
+from worker_api.engines import CONVERTED_ENV
 from worker_api.slots import (
     METRICS_DIR_ENV,
     RESTARTED_ENV,
@@ -58,9 +61,14 @@ _visible_gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(","
 
 
 def on_starting(server: Any) -> None:
-    """Make the ready-slot board and the metrics directory; workers inherit their paths
-    through the environment."""
+    """Convert the model for CTranslate2 if the pool needs it and it is not cached, make
+    the ready-slot board and the metrics directory; workers inherit their paths through
+    the environment."""
     global _board, _metrics_dir
+    _check_cpus()
+    if _pool.engine == "ctranslate2":
+        # Once, before any worker forks: N workers converting at once would race.
+        os.environ[CONVERTED_ENV] = str(prepare(_pool, _layout.source))
     directory = Path(tempfile.mkdtemp(prefix=f"fanout-{_pool.name}-"))
     os.environ[STATE_DIR_ENV] = str(directory)
     _board = SlotBoard(directory)
@@ -88,7 +96,22 @@ def post_fork(server: Any, worker: Any) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu_for(slot.cuda_index) if slot.is_cuda else ""
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(slot.threads)
+    if slot.cpus:
+        # Before any thread pool starts: its threads inherit the mask.
+        os.sched_setaffinity(0, slot.cpus)
     server.log.info("worker pid %s takes slot %d (%s)", worker.pid, slot.index, slot.device)
+
+
+def _check_cpus() -> None:
+    """Every core a slot names must be one this server may run on (the layout may have
+    been written for another machine)."""
+    allowed = os.sched_getaffinity(0)
+    for slot in _pool.slots:
+        missing = sorted(set(slot.cpus) - allowed)
+        if missing:
+            raise SystemExit(f"fanout: {_layout.source}: pools.{_pool.name}.slots"
+                             f"[{slot.index}].cpus names core {missing[0]}, but this server "
+                             f"may only run on cores {sorted(allowed)}")
 
 
 def gpu_for(index: int | None) -> str:

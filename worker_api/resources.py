@@ -14,27 +14,11 @@ from fanout.http import read_json
 from fanout.layout import GenerationDefaults, GenerationLimits, Pool, Slot
 from fanout.params import GenerationParams, parse_generation
 from fanout.peer import client_gone_check
-
-
-class Completion(Protocol):
-    """One generated sample (``worker_api.model.Completion``)."""
-
-    @property
-    def text(self) -> str: ...
-    @property
-    def tokens(self) -> int: ...
-    @property
-    def finish_reason(self) -> str: ...
-    @property
-    def time(self) -> float: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def context_tokens(self) -> int: ...
+from worker_api.engines.base import Completion
 
 
 class Generator(Protocol):
-    """What the resources need from the model holder (see ``worker_api.model``)."""
+    """What the resources need from the model holder (``worker_api.engines.base.Engine``)."""
 
     ready: bool
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import falcon
 
-from benchmarks.instant_worker import InstantCompletion, stand_in_app
+from benchmarks.instant_worker import stand_in_app
 from fanout.params import GenerationParams
+from worker_api.engines.base import Completion
 
 PACED_APP = "tests.integration.paced_worker:get_app()"
 GATES_ENV = "FANOUT_TEST_GATES"
@@ -61,24 +62,24 @@ class PacedGenerator:
         self.gates = gates
 
     def stream(self, params: GenerationParams, abandoned: Callable[[], bool] | None = None
-               ) -> Iterator[str | InstantCompletion]:
+               ) -> Iterator[str | Completion]:
         seed = params.seed if params.seed is not None else random.randrange(1000)
         left = abandoned or (lambda: False)
         written = ""
         for step, piece in enumerate(PIECES):
             if not self._wait(step, left):
-                yield InstantCompletion(written, step, "abandoned", 0.0, seed, 1)
+                yield Completion(written, step, "abandoned", 0.0, seed, 1)
                 return
             written += piece.format(seed=seed)
             yield piece.format(seed=seed)
         finished = self._wait(len(PIECES), left)
-        yield InstantCompletion(written, len(PIECES), "length" if finished else "abandoned",
+        yield Completion(written, len(PIECES), "length" if finished else "abandoned",
                                 0.0, seed, 1)
 
     def generate(self, params: GenerationParams, abandoned: Callable[[], bool] | None = None
-                 ) -> InstantCompletion:
+                 ) -> Completion:
         *_, done = self.stream(params, abandoned)
-        assert isinstance(done, InstantCompletion)
+        assert isinstance(done, Completion)
         return done
 
     def _wait(self, step: int, abandoned: Callable[[], bool]) -> bool:

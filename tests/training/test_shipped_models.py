@@ -13,7 +13,7 @@ from fanout.layout import Model
 from fanout.tokenizer import VOCAB_SIZE
 from tests.conftest import SHIPPED_MODELS
 from training.model_card import render
-from worker_api.model import LanguageModel
+from worker_api.engines.transformers_engine import TransformersEngine
 
 MAX_WEIGHTS_BYTES = 50 * 2**20
 # A sentence of the kind the corpus holds, but written for this test (not in the corpus).
@@ -32,9 +32,9 @@ def shipped(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture(scope="module")
-def loaded(shipped: Path) -> LanguageModel:
+def loaded(shipped: Path) -> TransformersEngine:
     """Loaded exactly as a worker loads it."""
-    return LanguageModel(Model(f"./{shipped.name}", shipped), "cpu", "float32")
+    return TransformersEngine(Model(f"./{shipped.name}", shipped), "cpu", "float32")
 
 
 def test_the_folder_holds_everything_a_worker_and_a_reader_need(shipped: Path) -> None:
@@ -63,13 +63,13 @@ def test_the_measured_quality_meets_the_targets(shipped: Path) -> None:
     assert evaluation["real_word_share"] >= 0.90 and evaluation["words_checked"] >= 1000
 
 
-def test_the_tokenizer_is_gpt2s(loaded: LanguageModel) -> None:
+def test_the_tokenizer_is_gpt2s(loaded: TransformersEngine) -> None:
     assert loaded.tokenizer("Hello world").input_ids == [15496, 995]
     assert len(loaded.tokenizer) == VOCAB_SIZE
 
 
 @torch.no_grad()
-def test_it_prefers_english_to_the_same_words_shuffled(loaded: LanguageModel) -> None:
+def test_it_prefers_english_to_the_same_words_shuffled(loaded: TransformersEngine) -> None:
     ids = loaded.tokenizer(ENGLISH).input_ids
     shuffled = ids[:]
     random.Random(0).shuffle(shuffled)

@@ -12,7 +12,7 @@ import torch
 from fanout.layout import Model
 from fanout.params import GenerationParams
 from training.train import PRESETS, Trainer, learning_rate
-from worker_api.model import LanguageModel
+from worker_api.engines.transformers_engine import TransformersEngine
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_the_export_is_a_folder_fanout_serves(cache: Path, tmp_path: Path) -> No
     # The card reads the stored dtype from config.json; the trainer's copy stays float32.
     assert json.loads((folder / "config.json").read_text())["dtype"] == "float16"
     assert next(run.model.parameters()).dtype == torch.float32
-    model = LanguageModel(Model("tiny", folder), "cpu", "float32")
+    model = TransformersEngine(Model("tiny", folder), "cpu", "float32")
     done = model.generate(GenerationParams(context="The nation", length=5, temperature=1.0,
                                            top_k=40, top_p=1.0, max_time=10, seed=1))
     assert done.tokens == 5 and model.window == 64

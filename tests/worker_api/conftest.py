@@ -1,13 +1,40 @@
-"""The worker's in-process tests: models run on one torch thread, as a pool's slots do, so
-a busy machine slows them down but cannot set torch's threads spinning against it."""
+"""The worker's in-process tests: models run on one thread, as a pool's slots do, so a
+busy machine slows them down but cannot set thread pools spinning against it.
+
+``engine`` is the tiny model loaded by each engine in turn: a test that takes it is a
+worker contract test, and runs against both."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from worker_api.model import set_cpu_threads
+from fanout.convert import ensure_converted
+from fanout.layout import Model
+from worker_api.engines.base import Engine
+from worker_api.engines.transformers_engine import TransformersEngine, set_cpu_threads
+
+ENGINES = ("transformers", "ctranslate2")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread() -> None:
     set_cpu_threads(1)
+
+
+def load(name: str, model: Model) -> Engine:
+    """``model`` on the CPU with engine ``name`` (CTranslate2: int8, converted once)."""
+    if name == "ctranslate2":
+        from worker_api.engines.ctranslate2_engine import CTranslate2Engine
+
+        converted, _ = ensure_converted(model, "int8")
+        return CTranslate2Engine(model, converted, "cpu", "int8", threads=1)
+    return TransformersEngine(model, "cpu", "float32")
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Engine:
+    loaded = load(request.param, Model("tiny", tiny_model_dir))
+    loaded.warm_up()
+    return loaded

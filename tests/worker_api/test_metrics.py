@@ -23,7 +23,7 @@ from fanout.observe import REQUEST_ID_HEADER
 from tests.conftest import LayoutFactory
 from worker_api import metrics
 from worker_api.app import create_app
-from worker_api.model import LanguageModel
+from worker_api.engines.transformers_engine import TransformersEngine
 from worker_api.resources import WorkerIdentity
 from worker_api.slots import METRICS_DIR_ENV, SlotBoard
 
@@ -35,12 +35,12 @@ def layout(write_layout: LayoutFactory) -> Layout:
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir: Path) -> LanguageModel:
-    return LanguageModel(Model(str(tiny_model_dir), tiny_model_dir), "cpu", "float32")
+def model(tiny_model_dir: Path) -> TransformersEngine:
+    return TransformersEngine(Model(str(tiny_model_dir), tiny_model_dir), "cpu", "float32")
 
 
 @pytest.fixture
-def worker(layout: Layout, model: LanguageModel, tmp_path: Path,
+def worker(layout: Layout, model: TransformersEngine, tmp_path: Path,
            monkeypatch: pytest.MonkeyPatch) -> falcon.testing.TestClient:
     monkeypatch.delenv(METRICS_DIR_ENV, raising=False)
     pool = layout.default_pool

@@ -11,7 +11,7 @@ import pytest
 from fanout.layout import Layout, Model, load_layout
 from tests.conftest import LayoutFactory
 from worker_api.app import create_app
-from worker_api.model import LanguageModel
+from worker_api.engines.transformers_engine import TransformersEngine
 from worker_api.resources import WorkerIdentity
 from worker_api.slots import SlotBoard
 
@@ -23,11 +23,11 @@ def layout(write_layout: LayoutFactory) -> Layout:
 
 
 @pytest.fixture(scope="module")
-def cold_model(tiny_model_dir: Path) -> LanguageModel:
-    return LanguageModel(Model(str(tiny_model_dir), tiny_model_dir), "cpu", "float32")
+def cold_model(tiny_model_dir: Path) -> TransformersEngine:
+    return TransformersEngine(Model(str(tiny_model_dir), tiny_model_dir), "cpu", "float32")
 
 
-def app_for(layout: Layout, model: LanguageModel, tmp_path: Path) -> falcon.testing.TestClient:
+def app_for(layout: Layout, model: TransformersEngine, tmp_path: Path) -> falcon.testing.TestClient:
     pool = layout.default_pool
     board = SlotBoard(tmp_path)
     if model.ready:
@@ -36,7 +36,7 @@ def app_for(layout: Layout, model: LanguageModel, tmp_path: Path) -> falcon.test
         create_app(model, layout, WorkerIdentity(pool, pool.slots[1]), board))
 
 
-def test_health_is_503_until_the_model_is_warm(layout: Layout, cold_model: LanguageModel,
+def test_health_is_503_until_the_model_is_warm(layout: Layout, cold_model: TransformersEngine,
                                                tmp_path: Path) -> None:
     cold = app_for(layout, cold_model, tmp_path).simulate_get("/health")
     assert cold.status_code == 503 and cold.json["status"] == "loading"
@@ -47,7 +47,7 @@ def test_health_is_503_until_the_model_is_warm(layout: Layout, cold_model: Langu
     assert warm.json["ready_slots"] == {"1": os.getpid()} and warm.json["workers"] == 2
 
 
-def test_generate_answers_with_the_worker_identity(layout: Layout, cold_model: LanguageModel,
+def test_generate_answers_with_the_worker_identity(layout: Layout, cold_model: TransformersEngine,
                                                    tmp_path: Path) -> None:
     result = app_for(layout, cold_model, tmp_path).simulate_post(
         "/generate", json={"context": "Hello", "length": 6, "seed": 5, "max_time": 10})
@@ -64,7 +64,7 @@ def test_generate_answers_with_the_worker_identity(layout: Layout, cold_model: L
     ({"length": 3}, 400, "context"),
     ({"context": "x", "max_time": 0}, 400, "max_time"),
 ])
-def test_generate_rejects_bad_fields(layout: Layout, cold_model: LanguageModel,
+def test_generate_rejects_bad_fields(layout: Layout, cold_model: TransformersEngine,
                                      tmp_path: Path, body: dict[str, object], status: int,
                                      field: str) -> None:
     result = app_for(layout, cold_model, tmp_path).simulate_post("/generate", json=body)
@@ -72,7 +72,7 @@ def test_generate_rejects_bad_fields(layout: Layout, cold_model: LanguageModel,
     assert result.json["field"] == field
 
 
-def test_info_describes_model_and_memory(layout: Layout, cold_model: LanguageModel,
+def test_info_describes_model_and_memory(layout: Layout, cold_model: TransformersEngine,
                                          tmp_path: Path) -> None:
     info = app_for(layout, cold_model, tmp_path).simulate_get("/info").json
     assert info["dtype"] == "float32" and info["window"] == 256

@@ -1,0 +1,117 @@
+"""The CTranslate2 engine: a converted model (``fanout.convert``) decoded by CTranslate2.
+
+A lean worker: it imports neither torch nor transformers; the ``tokenizers`` library reads
+the ``tokenizer.json`` saved beside the conversion. Loaded inside a worker after fork,
+like the transformers engine.
+
+Seeds: CTranslate2 seeds each decoding thread's random generator once, when the thread
+first samples (``set_random_seed`` cannot reseed it: OpenNMT/CTranslate2#1757). A sample
+asked for with a seed therefore runs on a fresh generator built for it, whose thread has
+not sampled yet (tens of milliseconds for the shipped models, more for larger ones); an
+unseeded one runs on the worker's long-lived generator and reports no seed, since none
+could replay it. Greedy decoding draws nothing and runs on the long-lived generator.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ctranslate2
+from tokenizers import Tokenizer
+
+from fanout.convert import MANIFEST, read_manifest
+from fanout.layout import Model
+from fanout.model_files import ModelLoadError
+from fanout.params import GenerationParams
+from worker_api.engines.base import Engine, is_greedy
+
+
+class CTranslate2Engine(Engine):
+    name = "ctranslate2"
+
+    def __init__(self, spec: Model, converted: Path, device: str = "cpu",
+                 quantization: str = "int8", threads: int = 1) -> None:
+        started = time.perf_counter()
+        if not (converted / MANIFEST).is_file():
+            raise ModelLoadError(f"{converted} holds no CTranslate2 conversion of "
+                                 f"{spec.source}; run `fanout-convert`")
+        self.spec, self.converted, self.quantization = spec, converted, quantization
+        self.manifest = read_manifest(converted)
+        kind, _, index = device.partition(":")
+        self.options: dict[str, Any] = {
+            "device": kind, "device_index": int(index or 0), "compute_type": quantization,
+            # One request at a time per worker: one decoding thread, `threads` for its math.
+            "inter_threads": 1, "intra_threads": threads}
+        self.tokenizer = Tokenizer.from_file(str(converted / "tokenizer" / "tokenizer.json"))
+        self.window = int(self.manifest["window"])
+        self.eos_token_id = int(self.manifest["eos_token_id"])
+        self.eos_token = self.tokenizer.id_to_token(self.eos_token_id)
+        self.generator = self._unseeded_generator()
+        self.load_seconds = time.perf_counter() - started
+
+    def _unseeded_generator(self) -> ctranslate2.Generator:
+        """The long-lived generator, its thread's random generator seeded from the OS now,
+        by one sampled token: were it left to its first request, it would take whatever
+        seed a seeded request had set last, the same in every worker."""
+        ctranslate2.set_random_seed(secrets.randbits(32))
+        generator = self._new_generator()
+        generator.generate_batch([[self.eos_token]], max_length=1, sampling_topk=0,
+                                 include_prompt_in_result=False)
+        return generator
+
+    def _new_generator(self) -> ctranslate2.Generator:
+        return ctranslate2.Generator(str(self.converted), **self.options)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+    def sample(self, params: GenerationParams, context: list[int],
+               seed: int | None) -> tuple[Iterator[int], int | None]:
+        greedy = is_greedy(params)
+        if greedy or params.seed is None:
+            generator, seed = self.generator, (seed if greedy else None)
+        else:
+            ctranslate2.set_random_seed(params.seed % 2**32)  # its seed is 32 bits
+            generator = self._new_generator()
+        steps = generator.generate_tokens(
+            [self.tokenizer.id_to_token(i) for i in context],
+            max_length=params.length, min_length=params.min_tokens,
+            sampling_topk=1 if greedy else params.top_k,
+            sampling_topp=1.0 if greedy else params.top_p,
+            sampling_temperature=1.0 if greedy else params.temperature,
+            end_token=self.eos_token)
+        return _tokens(steps, self.eos_token_id, params.length), seed
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.spec.source,
+            "model_type": self.manifest["model_type"],
+            "quantization": self.quantization,
+            "parameters": self.manifest["parameters"],
+            "converted": str(self.converted),
+            "ctranslate2": ctranslate2.__version__,
+            "threads": self.options["intra_threads"],
+        }
+
+
+def _tokens(steps: Iterator[Any], eos_token_id: int, length: int) -> Iterator[int]:
+    """The step results' token ids; CTranslate2 does not return the end token, so one
+    that stops short of ``length`` is followed by it here, as transformers hands it over."""
+    count = 0
+    try:
+        for step in steps:
+            count += 1
+            yield step.token_id
+        if count < length:
+            yield eos_token_id
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()  # CTranslate2 stops decoding at its next step
