@@ -30,8 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -102,29 +100,20 @@ def ensure_converted(model: Model, quantization: str) -> tuple[Path, float | Non
         return target, None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = target.parent / f"{target.name}.lock"
-        with _locked(lock_file):
-            if is_converted(target):  # another server converted it while we waited
-                return target, None
-            started = time.perf_counter()
-            _convert_aside(model, quantization, target)
-            return target, time.perf_counter() - started
-    except PermissionError as error:
+        lock = (target.parent / f"{target.name}.lock").open("a")
+    except OSError as error:  # not writable: a read-only root, another user's folder
         raise ConversionError(
             f"no CTranslate2 conversion of {model.source} ({quantization}) in "
-            f"{target.parent}, and it cannot be written there "
-            f"({error.strerror}); run `fanout-convert` where it can (the container image "
-            f"does at build), or point ${CACHE_ENV} at a writable folder") from None
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            f"{target.parent}, and it cannot be written there ({error.strerror or error}); "
+            f"run `fanout-convert` where it can (the container image does at build), or "
+            f"point ${CACHE_ENV} at a writable folder") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if is_converted(target):  # another server converted it while we waited
+            return target, None
+        started = time.perf_counter()
+        _convert_aside(model, quantization, target)
+        return target, time.perf_counter() - started
 
 
 def _convert_aside(model: Model, quantization: str, target: Path) -> None:

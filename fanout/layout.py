@@ -414,11 +414,11 @@ class _Parser:
         engine when given to the other, so a layout never carries a setting that is ignored."""
         all_cuda = all(slot.is_cuda for slot in slots)
         if engine == "ctranslate2":
-            if "dtype" in spec:
+            if spec.get("dtype") is not None:
                 raise self.fail(f"{key}.dtype", "applies to the transformers engine; a "
                                                 "ctranslate2 pool sets quantization")
             # int8 weights with float16 activations is CTranslate2's fast GPU choice.
-            quantization = spec.get("quantization", "int8_float16" if all_cuda else "int8")
+            quantization = spec.get("quantization") or ("int8_float16" if all_cuda else "int8")
             if quantization not in QUANTIZATIONS + GPU_ONLY_QUANTIZATIONS:
                 raise self.fail(f"{key}.quantization", f"{quantization!r} is not one of "
                                 f"{', '.join(QUANTIZATIONS + GPU_ONLY_QUANTIZATIONS)}")
@@ -427,10 +427,10 @@ class _Parser:
                                 f"{quantization} needs GPU slots; a pool with cpu slots "
                                 f"uses one of {', '.join(QUANTIZATIONS)}")
             return "auto", quantization
-        if "quantization" in spec:
+        if spec.get("quantization") is not None:
             raise self.fail(f"{key}.quantization", "applies to the ctranslate2 engine; a "
                                                    "transformers pool sets dtype")
-        dtype = spec.get("dtype", "auto")
+        dtype = spec.get("dtype") or "auto"
         if dtype not in DTYPES:
             raise self.fail(f"{key}.dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}")
         if dtype == "float16" and not all_cuda:

@@ -114,6 +114,22 @@ _DELETE = object()
      "is not a readable file"),
     ({"generation.defaults.top_p": 0}, "generation.defaults.top_p", "outside (0, 1]"),
     ({"generation.defaults.n_samples": 9}, "generation.defaults.n_samples", "outside 1..8"),
+    ({"pools.small.engine": "vllm"}, "pools.small.engine", "is not one of ctranslate2"),
+    ({"pools.small.quantization": "int8"}, "pools.small.quantization",
+     "applies to the ctranslate2 engine"),
+    ({"pools.small.engine": "ctranslate2", "pools.small.dtype": "float32"},
+     "pools.small.dtype", "applies to the transformers engine"),
+    ({"pools.small.engine": "ctranslate2", "pools.small.quantization": "int4"}, "pools.small.quantization", "is not one of"),
+    ({"pools.small.engine": "ctranslate2", "pools.small.quantization": "float16"}, "pools.small.quantization",
+     "float16 needs GPU slots"),
+    ({"pools.small.slots": [{"device": "cpu", "cpus": 0}]}, "pools.small.slots[0].cpus",
+     "must be a list of CPU core numbers"),
+    ({"pools.small.slots": [{"device": "cpu", "cpus": [-1]}]}, "pools.small.slots[0].cpus",
+     "must be a list of CPU core numbers"),
+    ({"pools.small.slots": [{"device": "cpu", "cpus": [1, 1]}]}, "pools.small.slots[0].cpus",
+     "lists a core twice"),
+    ({"pools.small.slots": [{"device": "cpu", "cpus": [0], "threads": 2}]},
+     "pools.small.slots[0].threads", "no more threads than the cores it is pinned to"),
 ])
 def test_every_problem_names_file_key_and_reason(
         tmp_path: Path, tiny_model_dir: Path, change: dict[str, Any], key: str,
@@ -127,6 +143,26 @@ def test_every_problem_names_file_key_and_reason(
     assert caught.value.key == key
     assert problem in caught.value.problem
     assert str(caught.value).startswith(f"{path}: {key}: ")
+
+
+def test_engines_quantizations_and_pinned_cores(write_layout: LayoutFactory) -> None:
+    layout = load_layout(write_layout(pools={
+        "fast": {"bind": "127.0.0.1:9101", "engine": "ctranslate2", "dtype": None,
+                 "slots": [{"device": "cpu", "cpus": [0, 1]}, {"device": "cpu", "cpus": [1],
+                                                              "threads": 1}]},
+        "gpu": {"bind": "127.0.0.1:9102", "engine": "ctranslate2", "dtype": None,
+                "slots": ["cuda:0"]},
+        "exact": {"bind": "127.0.0.1:9103", "engine": "ctranslate2", "dtype": None,
+                  "quantization": "float32", "slots": ["cpu"]},
+        "reference": {"bind": "127.0.0.1:9104", "slots": ["cpu"]}}))
+    fast, gpu, exact, reference = layout.pools.values()
+    # int8 on CPUs; int8 weights with float16 activations where every slot is a GPU
+    assert (fast.engine, fast.quantization, fast.precision) == ("ctranslate2", "int8", "int8")
+    assert gpu.quantization == "int8_float16" and exact.quantization == "float32"
+    assert (reference.engine, reference.quantization) == ("transformers", None)
+    assert reference.precision == "float32"
+    # pinned to N cores, a worker gets N threads unless the slot asks for fewer
+    assert [(s.cpus, s.threads) for s in fast.slots] == [((0, 1), 2), ((1,), 1)]
 
 
 def test_admission_and_access_settings(write_layout: LayoutFactory, tmp_path: Path) -> None:
