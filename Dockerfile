@@ -24,10 +24,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1
 
 # A fixed uid, so that Kubernetes' runAsNonRoot can check it and mounted files can be
-# made readable to it.
+# made readable to it. /models: where checkpoints of your own are mounted;
+# /var/cache/fanout: where a writable cache for their conversions goes, owned by uid 10001
+# so that a new Docker volume mounted there is too (docs/DEPLOY.md, Converted models).
 RUN groupadd --gid 10001 fanout \
     && useradd --uid 10001 --gid fanout --create-home --shell /usr/sbin/nologin fanout \
-    && mkdir /models
+    && mkdir /models /var/cache/fanout \
+    && chown fanout:fanout /var/cache/fanout
 
 # nginx for the edge (python -m fanout.edge): the binary only. fanout.edge writes the whole
 # configuration and puts its pid and temporary files in a run dir under /tmp, so uid 10001
@@ -59,10 +62,29 @@ COPY deploy/docker/entrypoint.sh /usr/local/bin/fanout-tier
 COPY deploy/docker/healthcheck.py /usr/local/bin/fanout-healthcheck
 
 # The source last. It runs from /app (PYTHONPATH), so the default layout and the models
-# it names resolve next to it; compiled now because the root filesystem may be read-only.
-# The build fails unless this nginx accepts what this fanout.edge writes (nginx -t).
+# it names resolve next to it. The core package first: the converter below needs it.
 COPY gpu_layout.yaml /app/gpu_layout.yaml
 COPY fanout /app/fanout
+
+# The CTranslate2 conversions of the shipped models, made here so that a pool never
+# converts at start-up: for the image's layout and compose's (int8 on CPU), and for
+# compose's GPU layout (int8_float16), whose pools the Kubernetes ConfigMap repeats
+# (tests/deploy checks that every deployment layout finds its conversions here).
+# Converting needs no GPU. The cache lies outside /app and every mount point (/models,
+# /etc/fanout, /tmp); root writes it, uid 10001 reads it on a read-only root filesystem.
+# Models mounted at run time are not here: see docs/DEPLOY.md, Converted models.
+ENV FANOUT_CACHE_DIR=/opt/fanout/cache
+COPY deploy/docker/gpu_layout.yaml /app/deploy/docker/gpu_layout.yaml
+COPY deploy/docker/gpu_layout.cuda.yaml /app/deploy/docker/gpu_layout.cuda.yaml
+RUN python -m fanout.convert --layout /app/gpu_layout.yaml \
+    && python -m fanout.convert --layout /app/deploy/docker/gpu_layout.yaml \
+    && python -m fanout.convert --layout /app/deploy/docker/gpu_layout.cuda.yaml \
+    && rm -f "$FANOUT_CACHE_DIR"/ctranslate2/*.lock \
+    && chmod -R a+rX "$FANOUT_CACHE_DIR"
+
+# The tiers' packages, which the converter does not use (changing them keeps the
+# conversions' layer); compiled now because the root filesystem may be read-only. The
+# build fails unless this nginx accepts what this fanout.edge writes (nginx -t).
 COPY frontend_api /app/frontend_api
 COPY worker_api /app/worker_api
 RUN chmod 0755 /usr/local/bin/fanout-tier /usr/local/bin/fanout-healthcheck \

@@ -10,6 +10,10 @@
 #   serve          every tier of the layout in this one container (fanout.serve); the
 #                  public address is $FANOUT_FRONT_BIND, by default 0.0.0.0:8000
 #   layout         check the layout ($FANOUT_LAYOUT) and say what it starts
+#   convert        fanout-convert: convert the layout's ctranslate2 pools (or the POOLs
+#                  named) into $FANOUT_CACHE_DIR, which must then be writable. The image
+#                  holds the shipped models' conversions; this is for models mounted at
+#                  run time, e.g. in an init container (docs/DEPLOY.md)
 #   anything else  runs as a command, e.g. `python -m fanout.memory_fit`
 #
 # Arguments after front or pool go to gunicorn, after edge to fanout.edge (--print).
@@ -43,6 +47,9 @@ case "$tier" in
         ;;
     layout)
         exec python -m fanout.layout "$@"
+        ;;
+    convert)
+        exec python -m fanout.convert "$@"
         ;;
     *)
         exec "$tier" "$@"

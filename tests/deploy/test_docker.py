@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import http.server
 import importlib.util
-import io
 import json
 import shlex
 import socket
@@ -25,34 +24,36 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from fanout.layout import POOL_ENV, Layout, load_layout
+from fanout.layout import ENGINES, POOL_ENV, Layout, load_layout
 from fanout.tiers import tiers
 from tests.deploy.support import (
     DEPLOY,
     IMAGE_APP,
     IMAGE_UID,
     REPO,
+    baked_conversions,
+    build_conversions,
+    conversions,
+    copies,
     image_model_folders,
+    instructions,
     load_image_layout,
     loopback,
+    parse_dockerfile,
     pool_addresses,
 )
 
 COMPOSE_DIR = DEPLOY / "docker"
 COMPOSE_LAYOUTS = ["gpu_layout.yaml", "gpu_layout.cuda.yaml"]
 SOURCE = ("fanout", "frontend_api", "worker_api")
-
-Instruction = dict[str, Any]
+# Where the image's containers get volumes: the layout, /tmp, models and a writable cache
+# of your own. Nothing baked into the image can live under them.
+MOUNT_POINTS = ("/etc/fanout", "/tmp", "/models", "/var/cache/fanout")
 
 
 @pytest.fixture(scope="module")
 def dockerfile() -> DockerfileParser:
-    # From memory: the parser reads lazily, and writes back to a path it was given.
-    return DockerfileParser(fileobj=io.BytesIO((REPO / "Dockerfile").read_bytes()))
-
-
-def instructions(parser: DockerfileParser) -> list[Instruction]:
-    return [i for i in parser.structure if i["instruction"] != "COMMENT"]
+    return parse_dockerfile()
 
 
 def first(parser: DockerfileParser, instruction: str, containing: str = "") -> int:
@@ -61,13 +62,6 @@ def first(parser: DockerfileParser, instruction: str, containing: str = "") -> i
         if item["instruction"] == instruction and containing in item["value"]:
             return index
     raise AssertionError(f"no {instruction} containing {containing!r}")
-
-
-def copies(parser: DockerfileParser) -> dict[str, str]:
-    """COPY source -> destination (one source each, as the Dockerfile writes them)."""
-    pairs = [shlex.split(i["value"]) for i in instructions(parser) if i["instruction"] == "COPY"]
-    assert all(len(pair) == 2 for pair in pairs), pairs
-    return {source: destination for source, destination in pairs}
 
 
 def test_the_image_is_python_311_slim_with_the_torch_build_args(
@@ -175,6 +169,89 @@ def test_the_image_holds_the_layout_and_the_models_it_names(
         for folder in image_model_folders((COMPOSE_DIR / layout).read_text()):
             source = folder.removeprefix(IMAGE_APP + "/")
             assert copied.get(source) == folder and (REPO / source).is_dir(), folder
+
+
+def under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def test_the_image_keeps_its_conversions_where_nothing_is_mounted(
+        dockerfile: DockerfileParser, compose: dict[str, Any]) -> None:
+    cache = dockerfile.envs["FANOUT_CACHE_DIR"]
+    assert cache.startswith("/") and not under(cache, IMAGE_APP)
+    # The runtime user's HOME is no place for it either: pods set HOME=/tmp.
+    for folder in (*MOUNT_POINTS, "/home"):
+        assert not under(cache, folder), folder
+    for service in compose["services"].values():
+        targets = [next(part for part in volume.rsplit(":", 2)[1:] if part.startswith("/"))
+                   for volume in service["volumes"]]
+        for target in [*targets, *service["tmpfs"]]:
+            assert not under(cache, target), target
+    # The mount point for a writable cache of your own exists, owned by the runtime user.
+    users = instructions(dockerfile)[first(dockerfile, "RUN", "useradd")]["value"]
+    assert "/var/cache/fanout" in users and "chown fanout:fanout /var/cache/fanout" in users
+
+
+def test_the_build_converts_the_models_before_it_drops_root(
+        dockerfile: DockerfileParser) -> None:
+    converting = build_conversions(dockerfile)
+    assert converting, "no fanout-convert at build: every pod would convert at start-up"
+    copied = copies(dockerfile)
+    for position, layout, _ in converting:
+        # After what it reads: the cache's variable, the models, the layout, the converter.
+        assert first(dockerfile, "ENV", "FANOUT_CACHE_DIR=") < position
+        for source in ("models/small", "models/medium", "fanout"):
+            assert first(dockerfile, "COPY", f"{source} ") < position, source
+        [layout_source] = [s for s, d in copied.items() if d == layout]
+        assert first(dockerfile, "COPY", f"{layout_source} ") < position, layout
+        # As root, before the image's user, entry point and command take over.
+        for instruction in ("USER", "ENTRYPOINT", "CMD", "HEALTHCHECK"):
+            assert position < first(dockerfile, instruction), instruction
+        # ... and readable by that user afterwards, whatever the umask.
+        assert "chmod -R a+rX \"$FANOUT_CACHE_DIR\"" in instructions(dockerfile)[position][
+            "value"]
+    # The image's own layout is among those converted.
+    assert dockerfile.envs["FANOUT_LAYOUT"] in {layout for _, layout, _ in converting}
+
+
+def deployment_layout(name: str, directory: Path) -> Layout:
+    """The shipped layout (the image's default) or one of compose's."""
+    if name == "gpu_layout.yaml (shipped)":
+        return load_layout(REPO / "gpu_layout.yaml")
+    return load_image_layout((COMPOSE_DIR / name).read_text(), directory)
+
+
+DEPLOYMENT_LAYOUTS = ["gpu_layout.yaml (shipped)", *COMPOSE_LAYOUTS]
+
+
+@pytest.mark.parametrize("name", DEPLOYMENT_LAYOUTS)
+def test_the_image_holds_every_conversion_its_layouts_serve(name: str, tmp_path: Path) -> None:
+    served = conversions(deployment_layout(name, tmp_path))
+    assert served, "the shipped models are served by CTranslate2"
+    assert served <= baked_conversions(tmp_path / "baked")
+
+
+@pytest.mark.parametrize("name", DEPLOYMENT_LAYOUTS)
+def test_the_layouts_serve_the_shipped_models_on_ctranslate2(
+        name: str, tmp_path: Path) -> None:
+    layout = deployment_layout(name, tmp_path)
+    for pool in layout.pools.values():
+        assert pool.engine in ENGINES and pool.engine == "ctranslate2", pool.name
+        gpu = all(device.startswith("cuda") for device in pool.devices)
+        assert pool.quantization == ("int8_float16" if gpu else "int8"), pool.name
+
+
+def test_the_entry_point_converts_with_fanout_convert(tmp_path: Path) -> None:
+    # The `convert` tier, as an init step would run it (with a stand-in `python`).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    ran = subprocess.run(["sh", str(COMPOSE_DIR / "entrypoint.sh"), "convert", "--help"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("usage: fanout-convert")
 
 
 def test_it_exposes_the_ports_of_every_deployment_layout(
@@ -297,7 +374,7 @@ def test_the_edge_and_the_front_each_check_their_own_port(
 def test_the_cuda_layout_runs_every_slot_on_the_containers_gpu(tmp_path: Path) -> None:
     layout = compose_layout("gpu_layout.cuda.yaml", tmp_path)
     for pool in layout.pools.values():
-        assert set(pool.devices) == {"cuda:0"} and pool.dtype == "float16"
+        assert set(pool.devices) == {"cuda:0"} and pool.quantization == "int8_float16"
     # The GPU variant is there, commented out, for each pool.
     text = (COMPOSE_DIR / "compose.yaml").read_text()
     assert text.count("#         - driver: nvidia") == len(layout.pools)

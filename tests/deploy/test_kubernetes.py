@@ -17,14 +17,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fanout.layout import LAYOUT_ENV, POOL_ENV, Layout
+from fanout.layout import ENGINES, LAYOUT_ENV, POOL_ENV, Layout
 from tests.deploy.support import (
     DEPLOY,
     IMAGE_UID,
     REPO,
+    baked_conversions,
+    conversions,
     image_model_folders,
     load_image_layout,
     loopback,
+    parse_dockerfile,
     pool_addresses,
 )
 
@@ -118,6 +121,28 @@ def test_the_cluster_layout_serves_both_pools_on_the_pods_gpu(layout: Layout) ->
         # One GPU per pod (nvidia.com/gpu: 1), which the pod sees as cuda:0.
         assert pool.devices and set(pool.devices) == {"cuda:0"}
         assert pool.bind.host == "0.0.0.0"  # the pod's address, for its Service
+        assert pool.engine in ENGINES and pool.engine == "ctranslate2", pool.name
+        assert pool.quantization == "int8_float16", pool.name
+
+
+def test_the_image_holds_the_conversions_the_cluster_layout_serves(
+        layout: Layout, tmp_path: Path) -> None:
+    # A pod's root filesystem is read-only: a conversion missing from the image would
+    # stop the pool at start-up.
+    served = conversions(layout)
+    assert served and served <= baked_conversions(tmp_path / "baked")
+
+
+@pytest.mark.parametrize("name", sorted(objects("Deployment")))
+def test_no_volume_hides_the_images_conversions(name: str) -> None:
+    cache = posixpath.normpath(parse_dockerfile().envs["FANOUT_CACHE_DIR"])
+    spec = objects("Deployment")[name]["spec"]["template"]["spec"]
+    for container in spec["containers"]:
+        env = env_of(container)
+        assert env.get("FANOUT_CACHE_DIR", cache) == cache, container["name"]
+        for mount in container["volumeMounts"]:
+            path = posixpath.normpath(mount["mountPath"])
+            assert not (cache == path or cache.startswith(path + "/")), mount
 
 
 def test_the_layout_names_only_models_the_image_ships() -> None:
