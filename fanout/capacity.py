@@ -128,9 +128,13 @@ def step_layout(layout: Layout, pool: Pool, workers: int, path: Path) -> Layout:
         "pools": {pool.name: {
             # load_layout made a folder absolute; a hub id stays an id.
             "model": str(pool.model.path) if pool.model.path else pool.model.source,
-            "dtype": pool.dtype, "bind": f"127.0.0.1:{free_port()}",
+            "engine": pool.engine,
+            **({"quantization": pool.quantization} if pool.quantization else
+               {"dtype": pool.dtype}),
+            "bind": f"127.0.0.1:{free_port()}",
             "worker_timeout": pool.worker_timeout, "allow_pickle": pool.model.allow_pickle,
-            "slots": [{"device": s.device, "threads": s.threads} for s in slots]}},
+            "slots": [{"device": s.device, "threads": s.threads,
+                       **({"cpus": list(s.cpus)} if s.cpus else {})} for s in slots]}},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -563,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     fits = fit_report(layout, [pool])
     workers, why = ((args.workers, "--workers given") if args.workers
                     else default_max_workers(pool, fits, settings.n_samples))
-    print(f"sizing pool {pool.name} ({pool.model.source}, {pool.dtype}) from {layout.source}"
+    print(f"sizing pool {pool.name} ({pool.model.source}, {pool.engine} {pool.precision}) "
+          f"from {layout.source}"
           f"\n  1..{workers} workers ({why})\n  {settings.users} users, think "
           f"{settings.think:g} s, n_samples {settings.n_samples}, length {settings.length}, "
           f"{settings.warmup:g} s warm-up + {settings.duration:g} s per step\n"
@@ -584,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     choice = recommend(steps, settings)
     report = {"layout": str(layout.source), "pool": pool.name, "model": pool.model.source,
-              "dtype": pool.dtype, "slots": list(pool.devices), "settings": asdict(settings),
+              "engine": pool.engine, "precision": pool.precision,
+              "slots": list(pool.devices), "settings": asdict(settings),
               "host": {"cores": cores(), "memory_bytes": psutil.virtual_memory().total},
               "max_workers": workers, "max_workers_reason": why,
               "memory_fit": [fit.to_json() for fit in fits],

@@ -38,6 +38,10 @@ MiB = 2**20
 # 16.2M one (61.6 MiB), so 370 MiB both times. RSS counts shared library pages in every
 # worker, so summing it over workers errs on the safe side.
 CPU_WORKER_OVERHEAD = 370 * MiB
+# The same for a CTranslate2 worker, which loads neither torch nor transformers: 94 MiB of
+# RSS for the shipped small model (7.6 MB of int8 weights), measured with ctranslate2
+# 4.8.5 and one thread, so about 85 MiB.
+CTRANSLATE2_CPU_WORKER_OVERHEAD = 85 * MiB
 # A CUDA worker's device memory beyond weights and cache: the CUDA context and the
 # caching allocator's slack. Typically 300-600 MiB per process depending on GPU, driver and
 # lazy module loading; not measured here (no GPU), so the upper half of that range.
@@ -179,12 +183,26 @@ def kv_window(size: ModelSize, limits: GenerationLimits) -> int:
     return min(size.n_positions, limits.context_bytes + limits.length)
 
 
-def replica(size: ModelSize, dtype: str, device: str, limits: GenerationLimits) -> Replica:
-    width = dtype_bytes(dtype, device)
+def quantized_bytes(quantization: str) -> tuple[int, int]:
+    """Bytes per weight and per cached activation of a CTranslate2 compute type."""
+    weight = 1 if quantization.startswith("int8") else 4 if quantization == "float32" else 2
+    activation = 4 if quantization in ("int8", "int8_float32", "float32") else 2
+    return weight, activation
+
+
+def replica(size: ModelSize, dtype: str, device: str, limits: GenerationLimits,
+            quantization: str | None = None) -> Replica:
+    """One worker of the transformers engine (``dtype``) or of CTranslate2 (``quantization``)."""
+    if quantization is None:
+        weight = activation = dtype_bytes(dtype, device)
+        cpu_overhead = CPU_WORKER_OVERHEAD
+    else:
+        weight, activation = quantized_bytes(quantization)
+        cpu_overhead = CTRANSLATE2_CPU_WORKER_OVERHEAD
     # Keys and values, every layer, one sequence: sync workers generate one at a time.
-    kv_cache = 2 * size.n_layer * size.n_embd * kv_window(size, limits) * width
-    overhead = CUDA_WORKER_OVERHEAD if device.startswith("cuda:") else CPU_WORKER_OVERHEAD
-    return Replica(weights=size.parameters * width, kv_cache=kv_cache, overhead=overhead)
+    kv_cache = 2 * size.n_layer * size.n_embd * kv_window(size, limits) * activation
+    overhead = CUDA_WORKER_OVERHEAD if device.startswith("cuda:") else cpu_overhead
+    return Replica(weights=size.parameters * weight, kv_cache=kv_cache, overhead=overhead)
 
 
 @dataclass(frozen=True)
@@ -247,7 +265,8 @@ def fit_report(layout: Layout, pools: Iterable[Pool] | None = None) -> list[Devi
         for slot in pool.slots:
             slots.setdefault(slot.device, []).append((pool.name, slot.index))
             replicas.setdefault(slot.device, {})[pool.name] = (
-                replica(size, pool.dtype, slot.device, layout.limits) if size else None)
+                replica(size, pool.dtype, slot.device, layout.limits, pool.quantization)
+                if size else None)
     totals = device_memory(slots)
     return [DeviceFit(device, totals[device], tuple(used), replicas[device])
             for device, used in slots.items()]

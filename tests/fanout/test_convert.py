@@ -69,7 +69,7 @@ def test_a_cache_that_cannot_be_written_says_how_to_convert_ahead(
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     monkeypatch.setenv(CACHE_ENV, str(blocked / "cache"))
-    with pytest.raises(ConversionError, match="cannot be written there .*fanout-convert"):
+    with pytest.raises(ConversionError, match=r"cannot be written there .*fanout-convert"):
         ensure_converted(model, "int8")
 
 
@@ -81,7 +81,7 @@ def test_a_model_ctranslate2_cannot_convert_names_the_transformers_engine(
     XGLMForCausalLM(XGLMConfig(vocab_size=50257, d_model=16, num_layers=1,
                                attention_heads=2, ffn_dim=32)).save_pretrained(folder)
     write_gpt2_tokenizer(folder)
-    with pytest.raises(ConversionError, match="cannot convert .*`engine: transformers`"):
+    with pytest.raises(ConversionError, match=r"cannot convert .*`engine: transformers`"):
         ensure_converted(Model("./xglm", folder), "int8")
     assert not list((cache / "ctranslate2").glob("xglm-*-int8-*/"))
 

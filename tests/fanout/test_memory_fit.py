@@ -14,6 +14,7 @@ import yaml
 from fanout.layout import GenerationLimits, Model, load_layout
 from fanout.memory_fit import (
     CPU_WORKER_OVERHEAD,
+    CTRANSLATE2_CPU_WORKER_OVERHEAD,
     CUDA_WORKER_OVERHEAD,
     ModelSize,
     dtype_bytes,
@@ -101,6 +102,16 @@ def test_a_replica_is_weights_plus_kv_cache_plus_runtime() -> None:
     assert on_cpu.overhead == CPU_WORKER_OVERHEAD
     # A layout that lets only a short context through needs a shorter cache.
     assert kv_window(size, GenerationLimits(length=20, context_bytes=100)) == 120
+
+
+def test_a_ctranslate2_replica_holds_quantized_weights_and_no_torch() -> None:
+    size = ModelSize(GPT2_SMALL_PARAMETERS, 12, 768, 1024, "config.json")
+    int8 = replica(size, "auto", "cpu", GenerationLimits(), quantization="int8")
+    assert int8.weights == GPT2_SMALL_PARAMETERS  # a byte a weight
+    assert int8.kv_cache == 2 * 12 * 768 * 1024 * 4  # float32 activations on the CPU
+    assert int8.overhead == CTRANSLATE2_CPU_WORKER_OVERHEAD < CPU_WORKER_OVERHEAD
+    on_gpu = replica(size, "auto", "cuda:0", GenerationLimits(), quantization="int8_float16")
+    assert on_gpu.kv_cache == 2 * 12 * 768 * 1024 * 2 and on_gpu.overhead == CUDA_WORKER_OVERHEAD
 
 
 def test_cpu_slots_fit_in_host_memory(write_layout: LayoutFactory,

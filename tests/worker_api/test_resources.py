@@ -10,8 +10,8 @@ import pytest
 
 from fanout.layout import Layout, Model, load_layout
 from tests.conftest import LayoutFactory
-from worker_api.app import create_app
 from tests.worker_api.conftest import ENGINES, load
+from worker_api.app import create_app
 from worker_api.engines.base import Engine
 from worker_api.resources import WorkerIdentity
 from worker_api.slots import SlotBoard
