@@ -13,7 +13,7 @@ from typing import Any
 import falcon
 
 from fanout import params
-from fanout.layout import Layout
+from fanout.layout import ENGINES, Layout
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -141,9 +141,12 @@ def _schemas(layout: Layout) -> dict[str, Schema]:
                 "default": {"type": "string", "enum": pools},
                 "models": {"type": "array", "items": {
                     "type": "object",
-                    "required": ["name", "model", "dtype", "workers", "devices"],
+                    "required": ["name", "model", "engine", "dtype", "workers", "devices"],
                     "properties": {"name": {"type": "string", "enum": pools}, "model": string,
-                                   "dtype": string, "workers": {**integer, "minimum": 1},
+                                   "engine": {"type": "string", "enum": list(ENGINES)},
+                                   "dtype": {**string, "description": "the transformers "
+                                             "dtype, or the CTranslate2 quantization"},
+                                   "workers": {**integer, "minimum": 1},
                                    "hosts": {**integer, "minimum": 1},
                                    "devices": {"type": "array", "items": string}}}},
             },

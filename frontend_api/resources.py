@@ -108,7 +108,9 @@ class Models:
         self.body = {
             "default": layout.default_pool.name,
             "models": [
-                {"name": pool.name, "model": pool.model.name, "dtype": pool.dtype,
+                # dtype: the transformers dtype, or the CTranslate2 quantization
+                {"name": pool.name, "model": pool.model.name, "engine": pool.engine,
+                 "dtype": pool.precision,
                  "workers": pool.total_workers, "hosts": len(pool.urls),
                  "devices": list(pool.devices)}
                 for pool in layout.pools.values()

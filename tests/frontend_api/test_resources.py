@@ -201,6 +201,8 @@ def test_models_lists_the_pools_in_layout_order(layout: Layout) -> None:
     assert [(m["name"], m["workers"], m["devices"]) for m in body["models"]] == [
         ("small", 1, ["cpu"]), ("medium", 2, ["cpu", "cpu"])]
     assert body["models"][0]["model"] == Path(layout.default_pool.model.source).name
+    assert (body["models"][0]["engine"], body["models"][0]["dtype"]) == ("transformers",
+                                                                         "float32")
 
 
 @pytest.mark.parametrize(("statuses", "code", "overall"), [
