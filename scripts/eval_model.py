@@ -2,6 +2,8 @@
 """Evaluate a model folder on the held-out slice. See training/evaluate.py, or --help.
 
     .venv/bin/python scripts/eval_model.py models/small --json models/small/eval.json
+    # and as a ctranslate2 pool serves it (int8), side by side: what eval.json ships
+    .venv/bin/python scripts/eval_model.py models/small --engine both --json models/small/eval.json
 """
 
 import sys

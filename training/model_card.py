@@ -3,7 +3,8 @@
     .venv/bin/python -m training.model_card models/small
 
 Reads ``training.json`` (written by the trainer's export) and ``eval.json`` (written by
-``scripts/eval_model.py --json``); every figure in the card comes from those two files.
+``scripts/eval_model.py --json``; ``--engine both`` adds the CTranslate2 figures, and the
+card a section for them); every figure in the card comes from those two files.
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def render(config: dict[str, Any], training: dict[str, Any], evaluation: dict[st
         | unigram baseline perplexity (same tokens, add-one-smoothed training counts) | {evaluation['unigram_perplexity']:.1f} |
         | real-word share of sampled text (temperature 1, top_k 40; Debian `wamerican`) | **{evaluation['real_word_share']:.1%}** of {evaluation['words_checked']:,} words |
 
+        {_served(training['name'], evaluation)}
+
         ## Samples
 
         Unedited, temperature 1, top_k 40, 60 new tokens, seed 0 (from the evaluation run):
@@ -104,6 +107,37 @@ def render(config: dict[str, Any], training: dict[str, Any], evaluation: dict[st
         knows nothing after its sources and should not be relied on for facts.
         """)
     return re.sub(r"\n{3,}", "\n\n", card)  # no gap where a section was left out
+
+
+def _served(name: str, evaluation: dict[str, Any]) -> str:
+    """The section on the model as a ``ctranslate2`` pool serves it ('' when not measured)."""
+    served = evaluation.get("ctranslate2")
+    if served is None:
+        return ""
+    quantization = served["quantization"]
+    ratio = served["heldout_perplexity"] / evaluation["heldout_perplexity"]
+    lines = [
+        f"## Served {quantization} by CTranslate2",
+        "",
+        f"A pool with `engine: ctranslate2` and `quantization: {quantization}`, as in the shipped "
+        "layout, serves",
+        f"a CTranslate2 {served['version']} conversion of these weights (`fanout-convert`). "
+        "Measured by",
+        f"`scripts/eval_model.py models/{name} --engine both --quantization {quantization}`: "
+        "the perplexity",
+        "from CTranslate2's log-probs on the same windows and target tokens, the samples drawn",
+        "through the worker's engine (the same prompts and sampling, sample i with seed i):",
+        "",
+        f"| | transformers, float32 | CTranslate2, {quantization} |",
+        "| --- | --- | --- |",
+        f"| held-out perplexity | {evaluation['heldout_perplexity']:.2f} | "
+        f"{served['heldout_perplexity']:.2f} (ratio {ratio:.4f}) |",
+        f"| real-word share of sampled text | {evaluation['real_word_share']:.1%} of "
+        f"{evaluation['words_checked']:,} words | {served['real_word_share']:.1%} of "
+        f"{served['words_checked']:,} words |",
+    ]
+    # Joined with the template's indentation so that dedent still applies.
+    return "\n        ".join(lines)
 
 
 def _one_line(text: str) -> str:

@@ -8,9 +8,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from fanout.params import GenerationParams
 from fanout.tokenizer import VOCAB_SIZE
-from training.evaluate import model_perplexity, real_word_share, unigram_perplexity, windows
+from tests.conftest import SHIPPED_MODELS
+from training.evaluate import (
+    EngineEvaluation,
+    Evaluation,
+    engine_perplexity,
+    engine_samples,
+    figures,
+    load_ctranslate2,
+    model_perplexity,
+    real_word_share,
+    unigram_perplexity,
+    windows,
+)
+
+# Written for this test, in the register of the corpus (not taken from it).
+PROSE = ("The people of this nation have always known that our economy grows when every "
+         "family can work and save. Tonight I ask the Congress to pass a budget that keeps "
+         "faith with them, and to build roads, schools and ports for the next generation.")
 
 
 def test_windows_are_consecutive_and_leave_one_token_to_predict() -> None:
@@ -52,3 +71,40 @@ class Uniform(torch.nn.Module):
 def test_a_uniform_model_has_the_vocabulary_size_as_perplexity() -> None:
     blocks = np.random.default_rng(0).integers(0, 50, (11, 6))
     assert model_perplexity(Uniform(), blocks) == pytest.approx(50.0, rel=1e-5)
+
+
+def test_ctranslate2_scores_the_very_targets_transformers_scores() -> None:
+    """A trained model at float32 through both engines agrees to 1e-4."""
+    folder = SHIPPED_MODELS["small"]
+    blocks = windows(np.asarray(AutoTokenizer.from_pretrained(folder)(PROSE).input_ids), 20)
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    expected = model_perplexity(reference, blocks)
+    engine = load_ctranslate2(folder, "float32")
+    assert engine_perplexity(engine, blocks) == pytest.approx(expected, rel=1e-4)
+    # The tolerance tells target sets apart: the same windows scored from their second
+    # token on (one target fewer each) come out more than 1% off.
+    assert engine_perplexity(engine, blocks[:, 1:]) != pytest.approx(expected, rel=1e-2)
+
+
+def test_engine_samples_are_seeded_one_by_one_and_replay(tiny_model_dir: Path) -> None:
+    engine = load_ctranslate2(tiny_model_dir, "float32")
+    drawn = engine_samples(engine, ("The nation", "The whale"), 2, length=8, seed=5)
+    assert [d["prompt"] for d in drawn] == ["The nation"] * 2 + ["The whale"] * 2
+    assert drawn == engine_samples(engine, ("The nation", "The whale"), 2, length=8, seed=5)
+    assert len({d["completion"] for d in drawn}) == 4
+    # Sample i is seed + i, alone: what a request for it with that seed returns.
+    alone = engine.generate(GenerationParams(context="The whale", length=8, temperature=1.0,
+                                             top_k=40, top_p=1.0, max_time=60.0, seed=5 + 3))
+    assert alone.text == drawn[3]["completion"]
+
+
+def test_eval_json_nests_the_ctranslate2_figures_only_when_measured() -> None:
+    reference = Evaluation(model="m", parameters=1, heldout_tokens=10, heldout_perplexity=9.0,
+                           unigram_perplexity=99.0, real_word_share=1.0, words_checked=3,
+                           samples=[])
+    served = EngineEvaluation(engine="ctranslate2", version="4.8.5", quantization="int8",
+                              heldout_tokens=10, heldout_perplexity=9.1, real_word_share=1.0,
+                              words_checked=3, samples=[])
+    assert "ctranslate2" not in figures(reference, None)
+    assert figures(reference, served)["ctranslate2"]["heldout_perplexity"] == 9.1
+    assert figures(None, served)["quantization"] == "int8"
