@@ -40,13 +40,14 @@ ensure_venv() {
 }
 
 # Debian packages the project runs (never a downloaded build): install the missing ones
-# with apt-get when root, else say how. Each argument is "command:package".
-#   ensure_debian_packages nginx:nginx
+# with apt-get when root, else say how. Each argument is "command:package", or
+# "/path/of/a/file:package" for a package that installs no command.
+#   ensure_debian_packages nginx:nginx /usr/share/dict/american-english:wamerican
 ensure_debian_packages() {
     local missing=() item
     for item in "$@"; do
         command -v "${item%%:*}" > /dev/null || [ -x "/usr/sbin/${item%%:*}" ] \
-            || missing+=("${item#*:}")
+            || [ -e "${item%%:*}" ] || missing+=("${item#*:}")
     done
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
