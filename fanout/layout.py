@@ -470,7 +470,8 @@ class _Parser:
         # Pinned to N cores, a worker's thread pool is N threads unless the slot says less.
         threads = self.integer(spec, key, "threads", len(cpus) or Slot.threads, low=1,
                                high=len(cpus) or 1024,
-                               why="no more threads than the cores it is pinned to")
+                               why="no more threads than the cores it is pinned to"
+                               if cpus else "")
         return Slot(index=index, device=device, threads=threads, cpus=cpus)
 
     def cpus(self, value: Any, key: str) -> tuple[int, ...]:
