@@ -32,10 +32,15 @@ class ParamError(ValueError):
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """One sample's worth of work for a worker."""
+    """One sample's worth of work for a worker: the body of ``POST /generate``.
+
+    The contract between the tiers: the front builds it, ``to_json`` is what it sends,
+    ``parse_generation`` is what the worker reads back. Fields at their neutral value are
+    not sent, so a worker that predates a field still takes requests that do not use it.
+    """
 
     context: str
-    length: int
+    length: int  # new tokens; 0 only with echo (score the context, generate nothing)
     temperature: float
     top_k: int
     top_p: float
@@ -46,15 +51,40 @@ class GenerationParams:
     # Neither end of text nor a stop sequence ends a completion before this many tokens
     # (vLLM's min_tokens); 0 is no minimum.
     min_tokens: int = 0
+    # The context as token ids (an OpenAI prompt sent as ids): used instead of ``context``.
+    context_ids: tuple[int, ...] | None = None
+    # Log-probabilities of the chosen tokens, with this many likeliest alternatives (0-5)
+    # per position; None: none reported.
+    logprobs: int | None = None
+    # Report the context too: its text and, with ``logprobs``, its tokens' log-probabilities.
+    echo: bool = False
+    # OpenAI's penalties on tokens already in the completion: a token's logit loses
+    # frequency_penalty x its count so far, and presence_penalty once it has appeared.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # Added to a token's logit before sampling: (token id, bias) pairs, bias in -100..100.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
-    # Shallow on purpose: every field is a scalar (or a tuple of strings), and asdict's
-    # deep copy was a visible share of the front's per-sample cost.
+    # Shallow on purpose: every field is a scalar or a tuple, and asdict's deep copy was a
+    # visible share of the front's per-sample cost.
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items()
-                if v is not None and v != () and not (k == "min_tokens" and v == 0)}
+        body = {k: v for k, v in vars(self).items() if v != _NEUTRAL.get(k, ())}
+        if self.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in self.logit_bias}
+        return body
 
     def with_seed(self, seed: int | None) -> GenerationParams:
         return replace(self, seed=seed)
+
+
+# The fields to_json leaves out at these values (and any field at None or ()).
+_NEUTRAL: dict[str, Any] = {"max_tokens": None, "seed": None, "min_tokens": 0,
+                            "context_ids": None, "logprobs": None, "echo": False,
+                            "presence_penalty": 0.0, "frequency_penalty": 0.0}
+MAX_LOGPROBS = 5  # alternatives per position, as OpenAI allows
+MAX_PENALTY = 2.0  # presence and frequency penalties lie in -2..2 (OpenAI)
+MAX_LOGIT_BIAS = 100.0
+MAX_TOKEN_ID = 2**31 - 1  # a token id the worker can hold; the vocabulary decides the rest
 
 
 @dataclass(frozen=True)
@@ -73,8 +103,12 @@ class AutocompleteRequest:
 
 
 GENERATION_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top_p",
-                               "max_time", "max_tokens", "seed", "stop", "min_tokens"})
-AUTOCOMPLETE_FIELDS = (GENERATION_FIELDS - {"stop"}) | {"model_size", "n_samples"}
+                               "max_time", "max_tokens", "seed", "stop", "min_tokens",
+                               "context_ids", "logprobs", "echo", "presence_penalty",
+                               "frequency_penalty", "logit_bias"})
+AUTOCOMPLETE_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top_p",
+                                 "max_time", "max_tokens", "seed", "min_tokens",
+                                 "model_size", "n_samples"})
 # POST /v1/completions, as OpenAI's API names them.
 COMPLETION_FIELDS = frozenset({"model", "prompt", "n", "max_tokens", "temperature", "top_p",
                                "seed", "stop", "stream", "user",
@@ -170,9 +204,11 @@ def _check_context(name: str, text: str, limits: GenerationLimits) -> None:
 
 def _generation(fields: _Fields, defaults: GenerationDefaults,
                 limits: GenerationLimits) -> GenerationParams:
-    context = fields.string("context")
+    context_ids = fields.token_ids("context_ids")
+    context = fields.string("context", default="" if context_ids is not None else None)
     _check_context("context", context, limits)
-    length = fields.integer("length", defaults.length, 1, limits.length)
+    echo = fields.boolean("echo", False)
+    length = fields.integer("length", defaults.length, 0 if echo else 1, limits.length)
     return GenerationParams(
         context=context,
         length=length,
@@ -185,6 +221,12 @@ def _generation(fields: _Fields, defaults: GenerationDefaults,
         seed=fields.optional_integer("seed", 0, MAX_SEED),
         stop=fields.stop_sequences("stop"),
         min_tokens=fields.min_tokens("length", length),
+        context_ids=context_ids,
+        logprobs=fields.optional_integer("logprobs", 0, MAX_LOGPROBS),
+        echo=echo,
+        presence_penalty=fields.number("presence_penalty", 0.0, -MAX_PENALTY, MAX_PENALTY),
+        frequency_penalty=fields.number("frequency_penalty", 0.0, -MAX_PENALTY, MAX_PENALTY),
+        logit_bias=fields.logit_bias("logit_bias"),
     )
 
 
@@ -250,6 +292,44 @@ class _Fields:
             _Fields({name: item}, frozenset({name})).string(name)  # no lone surrogates
         return tuple(items)
 
+    def token_ids(self, name: str) -> tuple[int, ...] | None:
+        """A non-empty list of token ids (whether the vocabulary has them, the worker says)."""
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            raise ParamError(name, f"must be a non-empty list of token ids, not "
+                                   f"{_json_type(value) if value != [] else 'an empty list'}")
+        if len(value) > MAX_CONTEXT_TOKENS:
+            raise ParamError(name, f"may hold at most {MAX_CONTEXT_TOKENS} token ids", 413)
+        for token in value:
+            if isinstance(token, bool) or not isinstance(token, int) \
+                    or not 0 <= token <= MAX_TOKEN_ID:
+                raise ParamError(name, f"token ids are integers from 0 to {MAX_TOKEN_ID}, "
+                                       f"not {_shown_json(token)}")
+        return tuple(value)
+
+    def logit_bias(self, name: str) -> tuple[tuple[int, float], ...]:
+        """An object from token ids (as strings, the way JSON keys are) to -100..100."""
+        value = self.body.get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            raise ParamError(name, f"must be an object from token ids to biases, not "
+                                   f"{_json_type(value)}")
+        pairs = []
+        for key, bias in value.items():
+            token = int(key) if isinstance(key, str) and key.isascii() and key.isdigit() \
+                and len(key) < 12 else None
+            if token is None or token > MAX_TOKEN_ID:
+                raise ParamError(name, f"keys are token ids (0 to {MAX_TOKEN_ID}), not "
+                                       f"{_encodable(repr(key)[:_SHOWN_CHARS])}")
+            checked = _Fields({name: bias}, frozenset({name})).number(
+                name, 0.0, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
+            if checked:
+                pairs.append((token, checked))
+        return tuple(sorted(pairs))
+
     def min_tokens(self, length_name: str, length: int) -> int:
         """``min_tokens``: at most the length asked for, which names its own field."""
         value = self.optional_integer("min_tokens", 0, MAX_CONTEXT_TOKENS) or 0
@@ -295,6 +375,11 @@ def _shown(value: int | float) -> str:
     if len(text) > _SHOWN_CHARS:
         text = f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
     return _encodable(text)
+
+
+def _shown_json(value: Any) -> str:
+    return _shown(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else _json_type(value)
 
 
 def _encodable(text: str) -> str:
