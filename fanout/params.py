@@ -89,17 +89,28 @@ MAX_TOKEN_ID = 2**31 - 1  # a token id the worker can hold; the vocabulary decid
 
 @dataclass(frozen=True)
 class AutocompleteRequest:
-    """A front request: which pool, how many samples, and the shared parameters."""
+    """A front request: which pool, how many samples, and the shared parameters.
+
+    ``prompts``, when set, is a batch (OpenAI's list of prompts): ``n_samples`` is then
+    spread evenly over them, prompt by prompt, so sample i answers prompt
+    ``i // (n_samples // len(prompts))``. ``params`` is the first prompt's.
+    """
 
     model_size: str
     n_samples: int
     params: GenerationParams
+    prompts: tuple[GenerationParams, ...] = ()
+
+    @property
+    def per_prompt(self) -> int:
+        return self.n_samples // max(1, len(self.prompts))
 
     def sample_params(self) -> list[GenerationParams]:
-        """Per-sample parameters; a given seed becomes seed, seed+1, ... so samples differ."""
+        """Per-sample parameters; a given seed becomes seed, seed+1, ... so samples of a
+        prompt differ (each prompt of a batch starts from the seed again)."""
         seed = self.params.seed
-        return [self.params.with_seed(None if seed is None else (seed + i) % (MAX_SEED + 1))
-                for i in range(self.n_samples)]
+        return [prompt.with_seed(None if seed is None else (seed + i) % (MAX_SEED + 1))
+                for prompt in self.prompts or (self.params,) for i in range(self.per_prompt)]
 
 
 GENERATION_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top_p",
@@ -109,10 +120,12 @@ GENERATION_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top
 AUTOCOMPLETE_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top_p",
                                  "max_time", "max_tokens", "seed", "min_tokens",
                                  "model_size", "n_samples"})
-# POST /v1/completions, as OpenAI's API names them.
-COMPLETION_FIELDS = frozenset({"model", "prompt", "n", "max_tokens", "temperature", "top_p",
-                               "seed", "stop", "stream", "user",
-                               # not OpenAI's: extensions, as vLLM has them
+# POST /v1/completions: every field of OpenAI's completions reference...
+COMPLETION_FIELDS = frozenset({"model", "prompt", "best_of", "echo", "frequency_penalty",
+                               "logit_bias", "logprobs", "max_tokens", "n",
+                               "presence_penalty", "seed", "stop", "stream", "stream_options",
+                               "suffix", "temperature", "top_p", "user",
+                               # ...and extensions, as vLLM has them
                                "top_k", "min_tokens"})
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
@@ -121,10 +134,23 @@ OPENAI_DEFAULT_MAX_TOKENS = 16
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """An OpenAI-style completion: the same fan-out as /autocomplete, plus how to answer."""
+    """An OpenAI-style completion: the same fan-out as /autocomplete, plus how to answer.
+
+    ``request.n_samples`` is prompts x ``best_of`` (``n`` unless asked): with ``best_of``
+    the ``n`` likeliest of each prompt's samples come back.
+    """
 
     request: AutocompleteRequest
     stream: bool
+    n: int
+    logprobs: int | None  # what the client asked for; best_of asks the workers anyway
+    echo: bool
+    include_usage: bool
+    ignored: tuple[str, ...]  # fields OpenAI's reference does not have: logged, not used
+
+    @property
+    def best_of(self) -> int:
+        return self.request.per_prompt
 
 
 def generation_body_limit(limits: GenerationLimits, front_max_body_bytes: int) -> int:
@@ -162,28 +188,36 @@ def parse_completion(body: Any, defaults: GenerationDefaults, limits: Generation
     """Check a ``/v1/completions`` body, with OpenAI's names and defaults.
 
     ``model`` is a pool; OpenAI has no top-k, so it is off unless ``top_k`` (an extension)
-    asks; a ``prompt`` may be one string or a list holding one (batches of prompts are
-    not served).
+    asks. Unlike the other routes, fields OpenAI's reference does not have are ignored
+    rather than refused (clients add their own, and an OpenAI-compatible server that
+    refuses them breaks those clients); the caller logs ``ignored``.
     """
-    fields = _Fields(body, COMPLETION_FIELDS)
+    fields = _Fields(body, COMPLETION_FIELDS, ignore_unknown=True)
     model = fields.string("model")
     if model not in pools:
         raise ParamError("model", f"the model {model!r} does not exist; choose one of "
                                   f"{', '.join(pools)}", status=404)
-    prompt = body.get("prompt")
-    if isinstance(prompt, list):
-        if len(prompt) != 1:
-            raise ParamError("prompt", "a list of prompts must hold exactly one "
-                                       "(send one request per prompt)")
-        fields = _Fields({**body, "prompt": prompt[0]}, COMPLETION_FIELDS)
-    prompt_text = fields.string("prompt", default="")
-    _check_context("prompt", prompt_text, limits)
+    suffix = fields.string("suffix", default="")
+    if suffix:
+        raise ParamError("suffix", f"model {model!r} has no fill-in-the-middle: it only "
+                                   "continues a prompt; send the text before the cursor as "
+                                   "prompt and leave suffix out")
     fields.string("user", default="")  # accepted for compatibility; not used
     stream = fields.boolean("stream", False)
-    length = fields.integer("max_tokens", min(OPENAI_DEFAULT_MAX_TOKENS, limits.length), 1,
-                            limits.length)
+    include_usage = _stream_options(fields, stream)
+    echo = fields.boolean("echo", False)
+    length = fields.integer("max_tokens", min(OPENAI_DEFAULT_MAX_TOKENS, limits.length),
+                            0 if echo else 1, limits.length)
+    n = fields.integer("n", 1, 1, max_samples)
+    best_of = fields.integer("best_of", n, 1, max_samples)
+    if best_of < n:
+        raise ParamError("best_of", f"must be at least n ({n}), not {best_of}")
+    if best_of > n and stream:
+        raise ParamError("best_of", "cannot be used with stream: the best samples are "
+                                    "known only once all are in")
+    logprobs = fields.optional_integer("logprobs", 0, MAX_LOGPROBS)
     params = GenerationParams(
-        context=prompt_text,
+        context="",
         length=length,
         temperature=fields.number("temperature", 1.0, 0.0, 2.0),
         top_k=fields.integer("top_k", 0, 0, MAX_TOP_K),
@@ -192,9 +226,93 @@ def parse_completion(body: Any, defaults: GenerationDefaults, limits: Generation
         seed=fields.optional_integer("seed", 0, MAX_SEED),
         stop=fields.stop_sequences("stop"),
         min_tokens=fields.min_tokens("max_tokens", length),
+        # best_of ranks samples by their log-probability: the workers must report it.
+        logprobs=logprobs if best_of == n or logprobs is not None else 0,
+        echo=echo,
+        presence_penalty=fields.number("presence_penalty", 0.0, -MAX_PENALTY, MAX_PENALTY),
+        frequency_penalty=fields.number("frequency_penalty", 0.0, -MAX_PENALTY, MAX_PENALTY),
+        logit_bias=fields.logit_bias("logit_bias"),
     )
-    return CompletionRequest(AutocompleteRequest(model, fields.integer("n", 1, 1, max_samples),
-                                                 params), stream)
+    prompts = tuple(replace(params, context=text, context_ids=ids)
+                    for text, ids in _prompts(body.get("prompt"), limits))
+    if len(prompts) * best_of > max_samples:
+        raise ParamError("prompt", f"{len(prompts)} prompts x {best_of} "
+                                   f"{'best_of' if best_of > n else 'n'} = "
+                                   f"{len(prompts) * best_of} samples; this server takes at "
+                                   f"most {max_samples} per request: send fewer prompts at "
+                                   "once")
+    request = AutocompleteRequest(model, len(prompts) * best_of, prompts[0],
+                                  prompts if len(prompts) > 1 else ())
+    return CompletionRequest(request, stream, n, logprobs, echo, include_usage,
+                             tuple(fields.ignored))
+
+
+def parse_tokenize(body: Any, pools: Mapping[str, object]) -> tuple[str, str]:
+    """A front ``POST /tokenize`` body (vLLM's): the pool and the text."""
+    fields = _Fields(body, frozenset({"model", "prompt", "add_special_tokens"}))
+    fields.boolean("add_special_tokens", True)  # GPT-2 adds none either way
+    text = fields.string("prompt")
+    if len(text.encode("utf-8")) > MAX_CONTEXT_TOKENS:
+        raise ParamError("prompt", f"is longer than {MAX_CONTEXT_TOKENS} bytes", status=413)
+    return _pool(fields, pools), text
+
+
+def parse_detokenize(body: Any, pools: Mapping[str, object]) -> tuple[str, tuple[int, ...]]:
+    """A front ``POST /detokenize`` body (vLLM's): the pool and the token ids."""
+    fields = _Fields(body, frozenset({"model", "tokens"}))
+    tokens = fields.token_ids("tokens")
+    if tokens is None:
+        raise ParamError("tokens", "is required")
+    return _pool(fields, pools), tokens
+
+
+def _pool(fields: _Fields, pools: Mapping[str, object]) -> str:
+    """``model``: a pool, the layout's first when left out."""
+    model = fields.string("model", default=next(iter(pools)))
+    if model not in pools:
+        raise ParamError("model", f"the model {model!r} does not exist; choose one of "
+                                  f"{', '.join(pools)}", status=404)
+    return model
+
+
+def _stream_options(fields: _Fields, stream: bool) -> bool:
+    """``stream_options.include_usage``: a last chunk with the usage."""
+    options = fields.body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise ParamError("stream_options", "is only allowed with stream: true")
+    checked = _Fields(options, frozenset({"include_usage", "continuous_usage_stats"}),
+                      ignore_unknown=True)
+    try:
+        return checked.boolean("include_usage", False)
+    except ParamError as error:
+        raise ParamError(f"stream_options.{error.field}", error.reason) from None
+
+
+def _prompts(value: Any, limits: GenerationLimits) -> list[tuple[str, tuple[int, ...] | None]]:
+    """OpenAI's four forms of ``prompt`` as (text, token ids) pairs: a string, a list of
+    strings, a list of token ids, or a list of lists of token ids."""
+    if value is None:
+        return [("", None)]
+    if isinstance(value, str) or (isinstance(value, list) and value
+                                  and all(isinstance(item, int) and not isinstance(item, bool)
+                                          for item in value)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ParamError("prompt", "must be a string, a list of strings, a list of token ids "
+                                   "or a list of lists of token ids, not "
+                                   f"{_json_type(value) if value != [] else 'an empty list'}")
+    prompts: list[tuple[str, tuple[int, ...] | None]] = []
+    for item in value:
+        if isinstance(item, list):
+            prompts.append(("", _Fields({"prompt": item}, frozenset({"prompt"}))
+                            .token_ids("prompt")))
+            continue
+        text = _Fields({"prompt": item}, frozenset({"prompt"})).string("prompt")
+        _check_context("prompt", text, limits)
+        prompts.append((text, None))
+    return prompts
 
 
 def _check_context(name: str, text: str, limits: GenerationLimits) -> None:
@@ -236,14 +354,16 @@ class _Fields:
     A field sent as ``null`` counts as left out, so it takes its default.
     """
 
-    def __init__(self, body: Any, allowed: frozenset[str]) -> None:
+    def __init__(self, body: Any, allowed: frozenset[str], ignore_unknown: bool = False) -> None:
         if not isinstance(body, dict):
             raise ParamError("body", f"must be a JSON object, not {_json_type(body)}")
         unknown = sorted(set(body) - allowed)
-        if unknown:
+        if unknown and not ignore_unknown:
             raise ParamError(_encodable(unknown[0]),
                              f"unknown field (allowed: {', '.join(sorted(allowed))})")
-        self.body = body
+        self.body = {name: body[name] for name in allowed if name in body} \
+            if unknown else body
+        self.ignored = [_encodable(name) for name in unknown]
 
     def string(self, name: str, default: str | None = None) -> str:
         value = self.body.get(name)

@@ -18,6 +18,7 @@ from frontend_api.forwarded import trusted_proxies
 from frontend_api.metrics import FrontObserver, metrics_page
 from frontend_api.openapi import OpenAPIDocument
 from frontend_api.resources import Autocomplete, EditorPage, Fanout, Health, Models
+from frontend_api.tokens import Detokenize, Tokenize
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger(__name__)
@@ -57,7 +58,11 @@ def create_app(layout: Layout, fanout: Fanout, api_keys: ApiKeys | None = None) 
     app.add_route("/openapi.json", OpenAPIDocument(layout))
     app.add_route("/metrics", metrics_page())
     app.add_route("/v1/completions", openai_api.Completions(fanout, layout, admission))
-    app.add_route("/v1/models", openai_api.Models(layout))
+    models = openai_api.Models(layout)
+    app.add_route("/v1/models", models)
+    app.add_route("/v1/models/{model_id}", models, suffix="model")
+    app.add_route("/tokenize", Tokenize(fanout, layout))
+    app.add_route("/detokenize", Detokenize(fanout, layout))
     app.set_error_serializer(openai_api.serialize_front_error)
     app.add_route("/", EditorPage(STATIC / "index.html"))
     app.add_static_route("/static", str(STATIC))

@@ -51,6 +51,8 @@ POLL_SECONDS = 0.05
 # of the deadline left: less than that cannot produce a useful sample.
 MAX_RETRIES = 2
 RETRY_MIN_SECONDS = 0.2
+# A worker answers /tokenize between generations: it may first finish the longest one.
+ASK_TIMEOUT = 30.0
 # A refused connection means the pool's server is down; it is back in a few seconds
 # when a supervisor restarts it, minutes if it must reload its model.
 POOL_DOWN_RETRY_AFTER = 5
@@ -98,6 +100,22 @@ class Sample:
     seed: int | None  # None: the engine cannot replay it (a ctranslate2 pool, unseeded)
     worker: dict[str, Any]
     context_tokens: int = 0  # the prompt tokens the worker fed the model
+    # Only when asked (GenerationParams.logprobs / echo): OpenAI's logprobs object for the
+    # prompt's tokens (echo) then the completion's, their sum over the completion, and the
+    # prompt's text as the worker fed it.
+    logprobs: dict[str, Any] | None = None
+    cumulative_logprob: float | None = None
+    prompt_text: str | None = None
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A streamed sample's next text, with its tokens' logprobs when asked; the first piece
+    of an echoed sample carries the prompt's text instead."""
+
+    text: str
+    logprobs: dict[str, Any] | None = None
+    prompt_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +128,7 @@ class Failure:
 
 
 # One event of a streamed request: a sample's next text, its end, or its failure.
-Streamed = tuple[int, str | Sample | Failure]
+Streamed = tuple[int, Piece | Sample | Failure]
 
 
 @dataclass(frozen=True)
@@ -344,7 +362,7 @@ class FanoutClient:
 
     def stream(self, request: AutocompleteRequest) -> Generator[Streamed, None, None]:
         """Every sample's text as its worker generates it, in arrival order: ``(index,
-        text)`` pieces, then ``(index, Sample)`` or ``(index, Failure)`` for each sample.
+        Piece)`` pieces, then ``(index, Sample)`` or ``(index, Failure)`` for each sample.
 
         Samples still out at the deadline end as 504 failures; closing the iterator early
         (the client left) cuts their connections, so their workers stop. A sample whose
@@ -367,7 +385,7 @@ class FanoutClient:
                     index, item = events.get(timeout=remaining)
                 except queue.Empty:
                     break
-                if not isinstance(item, str):
+                if not isinstance(item, Piece):
                     open_samples.discard(index)
                 if isinstance(item, Failure) and item.status in (502, 504):
                     # as in complete(): a refusal (4xx) or a pool down (503) is the request's
@@ -411,8 +429,9 @@ class FanoutClient:
                     if body.get("done"):
                         put((index, _sample(body, time.monotonic() - started, host)))
                         return
-                    if body.get("text"):
-                        put((index, str(body["text"])))
+                    if body.get("text") or "prompt_text" in body or body.get("logprobs"):
+                        put((index, Piece(str(body.get("text", "")), body.get("logprobs"),
+                                          body.get("prompt_text"))))
             put((index, Failure(index, 502, f"pool {pool.name!r}: a worker's stream ended "
                                             "before its sample did")))
         except requests.ConnectTimeout:
@@ -429,6 +448,35 @@ class FanoutClient:
         finally:
             cutter.detach()
             _sending.cutter = None
+
+    def ask(self, pool_name: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One small JSON request (``/tokenize``, ``/detokenize``) to one of the pool's
+        workers; its 4xx comes back as the client's error, naming the worker's field."""
+        pool = self.pools[pool_name]
+
+        def send(host: Host) -> dict[str, Any]:
+            try:
+                response = self.session.post(f"{host.url}{path}", json=body,
+                                             timeout=(CONNECT_TIMEOUT, ASK_TIMEOUT))
+            except requests.ConnectTimeout:
+                raise _Unreachable("did not accept a connection in time") from None
+            except requests.ConnectionError as exc:
+                if _refused(exc):
+                    raise _Unreachable(_refusal(exc)) from None
+                raise WorkerTierError(502, "Worker tier error",
+                                      f"pool {pool.name!r}: {_innermost(exc)}") from None
+            except requests.RequestException as exc:
+                raise WorkerTierError(502, "Worker tier error",
+                                      f"pool {pool.name!r}: {_innermost(exc)}") from None
+            answer = _json_or_none(response)
+            if response.status_code == 200 and isinstance(answer, dict):
+                return answer
+            error = _upstream_error(pool, response.status_code, answer)
+            if isinstance(error, WorkerTierError):
+                raise error
+            raise WorkerTierError(502, "Worker tier error", str(error))
+
+        return self._on_some_host(pool, send)
 
     def host_health(self, pool: Pool, host: Host) -> dict[str, Any]:
         """One host's state as its worker tier reports it; ``down`` when it cannot be asked.
@@ -473,7 +521,10 @@ def _sample(body: dict[str, Any], round_trip: float, host: Host) -> Sample:
     return Sample(text=body["text"], time=body["time"], round_trip=round_trip,
                   tokens=body["tokens"], finish_reason=body["finish_reason"],
                   seed=body["seed"], worker={**body["worker"], "host": host.url},
-                  context_tokens=int(body.get("context_tokens", 0)))
+                  context_tokens=int(body.get("context_tokens", 0)),
+                  logprobs=body.get("logprobs"),
+                  cumulative_logprob=body.get("cumulative_logprob"),
+                  prompt_text=body.get("prompt_text"))
 
 
 def _status(ready: int, workers: int) -> str:

@@ -11,20 +11,24 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
+import math
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 import falcon
 
-from fanout.http import JSON_TYPE, read_json, serialize_error
+from fanout.http import JSON_TYPE, FieldError, read_json, serialize_error
 from fanout.layout import Layout
-from fanout.params import AutocompleteRequest, parse_completion
+from fanout.params import CompletionRequest, parse_completion
 from fanout.peer import client_gone_check
 from frontend_api.admission import Admission
-from frontend_api.fanout import POOL_DOWN_RETRY_AFTER, WorkerTierError
+from frontend_api.fanout import POOL_DOWN_RETRY_AFTER, Piece, WorkerTierError
 from frontend_api.resources import Failure, Fanout, Sample, StreamEvent
+
+log = logging.getLogger(__name__)
 
 OPENAI_PREFIX = "/v1/"
 # OpenAI reports why a choice ended as "stop" or "length"; a worker's max_time running
@@ -44,34 +48,37 @@ class Completions:
         parsed = parse_completion(read_json(req, layout.front.max_body_bytes),
                                   layout.defaults, layout.limits, layout.pools,
                                   layout.front.max_samples)
+        if parsed.ignored:
+            # As vLLM does: a client's own fields are no reason to fail it, but worth a line.
+            log.warning("POST /v1/completions: ignored fields OpenAI's API does not have: %s",
+                        ", ".join(parsed.ignored))
         request = parsed.request
         if parsed.stream:
-            self.stream(req, resp, request)
+            self.stream(req, resp, parsed)
             return
         with self.admission.admit(request.model_size, request.n_samples,
                                   getattr(req.context, "api_key", None)):
             gathered = self.fanout.complete(request, client_gone_check(req.env))
-        choices = [choice(index, sample) for index, sample in zip(
-            sorted(set(range(request.n_samples)) - {f.index for f in gathered.failed}),
-            gathered.samples, strict=True)]
-        prompt_tokens = max((s.context_tokens for s in gathered.samples), default=0)
-        completion_tokens = sum(s.tokens for s in gathered.samples)
+        arrived = sorted(set(range(request.n_samples)) - {f.index for f in gathered.failed})
+        by_index = dict(zip(arrived, gathered.samples, strict=True))
+        choices: list[dict[str, Any]] = []
+        for prompt in range(len(request.prompts) or 1):
+            choices += _choices(parsed, prompt, by_index)
         resp.media = {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": request.model_size,
             "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": _usage(request.per_prompt, by_index),
         }
 
-
     def stream(self, req: falcon.Request, resp: falcon.Response,
-               request: AutocompleteRequest) -> None:
+               parsed: CompletionRequest) -> None:
         """Server-sent events as OpenAI streams them: text chunks tagged with their
         choice's ``index`` as the workers produce them, each choice's ``finish_reason``
-        in its last chunk, then ``data: [DONE]``."""
+        in its last chunk, the usage when asked, then ``data: [DONE]``."""
+        request = parsed.request
         held = contextlib.ExitStack()  # the admission place, held until the stream ends
         held.enter_context(self.admission.admit(request.model_size, request.n_samples,
                                                 getattr(req.context, "api_key", None)))
@@ -92,7 +99,7 @@ class Completions:
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")  # the edge passes each event on at once
-        resp.stream = EventStream(_events(first, events, request.model_size), events, held)
+        resp.stream = EventStream(_events(first, events, parsed), events, held)
 
 
 class EventStream:
@@ -113,41 +120,110 @@ class EventStream:
             self.held.close()
 
 
-def _events(first: StreamEvent, rest: Iterator[StreamEvent], model: str) -> Iterator[bytes]:
-    ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+def _events(first: StreamEvent, rest: Iterator[StreamEvent],
+            parsed: CompletionRequest) -> Iterator[bytes]:
+    ident, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), \
+        parsed.request.model_size
+    logprobs_sent: dict[int, int] = {}  # per choice, the logprob entries streamed so far
+    echoed: set[int] = set()
+    done: dict[int, Sample] = {}
 
-    def chunk(index: int, text: str, finish_reason: str | None) -> bytes:
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         body = {"id": ident, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"text": text, "index": index, "logprobs": None,
-                             "finish_reason": finish_reason}]}
+                "choices": choices, **extra}
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
+    def part(index: int, text: str, new_entries: dict[str, Any] | None,
+             finish_reason: str | None) -> bytes:
+        shown = new_entries if parsed.logprobs is not None else None
+        if new_entries is not None:
+            logprobs_sent[index] = logprobs_sent.get(index, 0) + len(new_entries["tokens"])
+        return chunk([{"text": text, "index": index, "logprobs": shown,
+                       "finish_reason": finish_reason}])
+
+    def prompt(index: int, prompt_text: str | None) -> str:
+        if not parsed.echo or index in echoed or prompt_text is None:
+            return ""
+        echoed.add(index)
+        return prompt_text or ""
+
     for index, item in itertools.chain([first], rest):
-        if isinstance(item, str):
-            yield chunk(index, item, None)
+        if isinstance(item, Piece):  # a worker streams each entry once, with its text
+            yield part(index, prompt(index, item.prompt_text) + item.text, item.logprobs,
+                       None)
         elif isinstance(item, Failure):
             # OpenAI has no finish reason for a failed choice; fanout's is "error".
-            yield chunk(index, "", "error")
-        else:
-            yield chunk(index, "", FINISH_REASONS.get(item.finish_reason, "stop"))
+            yield chunk([{"text": "", "index": index, "logprobs": None,
+                          "finish_reason": "error"}])
+        else:  # the sample's end: it holds every entry; those not streamed go now
+            done[index] = item
+            rest_entries = None if item.logprobs is None else \
+                _entries(item.logprobs, logprobs_sent.get(index, 0))
+            yield part(index, prompt(index, item.prompt_text), rest_entries,
+                       FINISH_REASONS.get(item.finish_reason, "stop"))
+    if parsed.include_usage:
+        yield chunk([], usage=_usage(parsed.request.per_prompt, done))
     yield b"data: [DONE]\n\n"
 
 
-def choice(index: int, sample: Sample) -> dict[str, Any]:
-    return {"text": sample.text, "index": index, "logprobs": None,
-            "finish_reason": FINISH_REASONS.get(sample.finish_reason, "stop")}
+def _choices(parsed: CompletionRequest, prompt: int,
+             by_index: Mapping[int, Sample]) -> list[dict[str, Any]]:
+    """One prompt's choices, indexed ``prompt * n + i`` as OpenAI does; with ``best_of``,
+    its ``n`` samples of highest total log-probability."""
+    per = parsed.request.per_prompt
+    samples = [by_index[i] for i in range(prompt * per, (prompt + 1) * per) if i in by_index]
+    if parsed.best_of > parsed.n:
+        samples = sorted(samples, key=lambda s: s.cumulative_logprob or -math.inf,
+                         reverse=True)[:parsed.n]
+        indexed = list(enumerate(samples, start=prompt * parsed.n))
+    else:
+        indexed = [(i, by_index[i]) for i in range(prompt * per, (prompt + 1) * per)
+                   if i in by_index]
+    return [{"text": (sample.prompt_text or "") + sample.text if parsed.echo
+             else sample.text,
+             "index": index,
+             "logprobs": sample.logprobs if parsed.logprobs is not None else None,
+             "finish_reason": FINISH_REASONS.get(sample.finish_reason, "stop")}
+            for index, sample in indexed]
+
+
+def _usage(per_prompt: int, samples: Mapping[int, Sample]) -> dict[str, int]:
+    """Exact token counts: each prompt's once (as its workers fed it), and every sample
+    generated, best_of's discarded ones included (they were generated)."""
+    prompts: dict[int, int] = {}
+    for index, sample in samples.items():
+        prompts[index // per_prompt] = max(prompts.get(index // per_prompt, 0),
+                                           sample.context_tokens)
+    prompt_tokens = sum(prompts.values())
+    completion_tokens = sum(sample.tokens for sample in samples.values())
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _entries(logprobs: dict[str, Any], start: int) -> dict[str, Any]:
+    """OpenAI's logprobs object from entry ``start`` on."""
+    return {key: values[start:] if isinstance(values, list) else values
+            for key, values in logprobs.items()}
 
 
 class Models:
-    """``GET /v1/models``: the pools, as OpenAI lists models."""
+    """``GET /v1/models`` (the pools, as OpenAI lists models) and ``GET /v1/models/{id}``."""
 
     def __init__(self, layout: Layout) -> None:
-        self.body = {"object": "list", "data": [
-            {"id": name, "object": "model", "created": CREATED, "owned_by": "fanout"}
-            for name in layout.pools]}
+        self.models = {name: {"id": name, "object": "model", "created": CREATED,
+                              "owned_by": "fanout"}
+                       for name in layout.pools}
+        self.body = {"object": "list", "data": list(self.models.values())}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.body
+
+    def on_get_model(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
+        if model_id not in self.models:
+            raise FieldError(404, "Not found", f"the model {model_id!r} does not exist; "
+                                               f"choose one of {', '.join(self.models)}",
+                             "model")
+        resp.media = self.models[model_id]
 
 
 def error_type(status: int) -> str:

@@ -14,6 +14,7 @@ from fanout.layout import Layout
 from fanout.params import AutocompleteRequest, parse_autocomplete
 from fanout.peer import client_gone_check
 from frontend_api.admission import Admission
+from frontend_api.fanout import Piece
 
 
 class Sample(Protocol):
@@ -33,6 +34,12 @@ class Sample(Protocol):
     def worker(self) -> dict[str, Any]: ...
     @property
     def context_tokens(self) -> int: ...
+    @property
+    def logprobs(self) -> dict[str, Any] | None: ...
+    @property
+    def cumulative_logprob(self) -> float | None: ...
+    @property
+    def prompt_text(self) -> str | None: ...
 
 
 @runtime_checkable  # a stream's events are told apart with isinstance
@@ -48,7 +55,7 @@ class Failure(Protocol):
 
 
 # A streamed sample's next text, its end, or its failure; with the sample's index.
-StreamEvent = tuple[int, str | Sample | Failure]
+StreamEvent = tuple[int, Piece | Sample | Failure]
 
 
 class Gathered(Protocol):
@@ -69,6 +76,8 @@ class Fanout(Protocol):
     def stream(self, request: AutocompleteRequest) -> Generator[StreamEvent, None, None]: ...
 
     def health(self) -> dict[str, dict[str, Any]]: ...
+
+    def ask(self, pool_name: str, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class Autocomplete:

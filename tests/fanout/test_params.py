@@ -105,8 +105,9 @@ def test_openai_completions_take_openais_defaults() -> None:
 @pytest.mark.parametrize(("body", "field", "status"), [
     ({"prompt": "x"}, "model", 400),
     ({"model": "large", "prompt": "x"}, "model", 404),
-    ({"model": "small", "prompt": ["a", "b"]}, "prompt", 400),
-    ({"model": "small", "prompt": [7]}, "prompt", 400),
+    ({"model": "small", "prompt": []}, "prompt", 400),
+    ({"model": "small", "prompt": [7, "b"]}, "prompt", 400),
+    ({"model": "small", "prompt": ["a", 7]}, "prompt", 400),
     ({"model": "small", "prompt": "x" * 65}, "prompt", 413),
     ({"model": "small", "stream": "yes"}, "stream", 400),
     ({"model": "small", "stop": [""]}, "stop", 400),

@@ -14,10 +14,10 @@ import falcon.testing
 import pytest
 
 from fanout.layout import Layout, load_layout
-from fanout.params import AutocompleteRequest
+from fanout.params import AutocompleteRequest, GenerationParams
 from frontend_api.access import read_api_keys
 from frontend_api.app import create_app
-from frontend_api.fanout import Failure, Gathered, Sample, WorkerTierError
+from frontend_api.fanout import Failure, Gathered, Piece, Sample, WorkerTierError
 from tests.conftest import LayoutFactory
 
 
@@ -30,6 +30,7 @@ class EchoFanout:
     seen: list[AutocompleteRequest] = field(default_factory=list)
     lost: set[int] = field(default_factory=set)  # sample indices that time out
     hold: threading.Event | None = None  # when set, each request waits for it
+    asked: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
     def complete(self, request: AutocompleteRequest,
                  client_gone: Callable[[], bool]) -> Gathered:
@@ -42,17 +43,30 @@ class EchoFanout:
         return Gathered(
             [Sample(text=p.context[::-1], time=0.01, round_trip=0.02, tokens=p.length,
                     finish_reason="length", seed=p.seed or 0,
-                    worker={"pid": 100 + i, "slot": i, "device": "cpu"})
+                    worker={"pid": 100 + i, "slot": i, "device": "cpu"},
+                    context_tokens=len(p.context), **_scores(p))
              for i, p in enumerate(params) if i not in self.lost],
             [Failure(i, 504, "no answer before the deadline") for i in sorted(self.lost)])
 
+    def ask(self, pool_name: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A tokenizer of one token per character."""
+        self.asked.append((pool_name, path, body))
+        if self.failure is not None:
+            raise self.failure
+        if path == "/tokenize":
+            tokens = [ord(c) for c in body["prompt"]]
+            return {"tokens": tokens, "count": len(tokens), "max_model_len": 1024}
+        return {"prompt": "".join(chr(t) for t in body["tokens"])}
+
     def stream(self, request: AutocompleteRequest) -> Generator[
-            tuple[int, str | Sample | Failure], None, None]:
+            tuple[int, Piece | Sample | Failure], None, None]:
         gathered = self.complete(request, lambda: False)
         for sample in gathered.samples:
             index = sample.worker["slot"]
-            yield index, sample.text[:1]
-            yield index, sample.text[1:]
+            if sample.prompt_text is not None:  # echo: the prompt first, as a worker does
+                yield index, Piece("", None, sample.prompt_text)
+            yield index, Piece(sample.text[:1])
+            yield index, Piece(sample.text[1:])
             yield index, sample
         for failure in gathered.failed:
             yield failure.index, failure
@@ -60,6 +74,23 @@ class EchoFanout:
     def health(self) -> dict[str, dict[str, Any]]:
         return {name: {"status": status, "ready_workers": int(status != "down"), "workers": 1}
                 for name, status in self.pools_status.items()}
+
+
+def _scores(params: GenerationParams) -> dict[str, Any]:
+    """What a worker adds when asked for logprobs or echo: one token per character, each
+    at -1 except that a sample's seed makes it likelier (best_of prefers high seeds)."""
+    if params.logprobs is None and not params.echo:
+        return {}
+    prompt = params.context if params.echo else ""
+    text = prompt + params.context[::-1]
+    scores: dict[str, Any] = {"prompt_text": prompt if params.echo else None}
+    if params.logprobs is not None:
+        scores["logprobs"] = {
+            "tokens": list(text), "token_logprobs": [-1.0] * len(text),
+            "top_logprobs": [{c: -1.0} for c in text],
+            "text_offset": list(range(len(text)))}
+        scores["cumulative_logprob"] = -100.0 + (params.seed or 0)
+    return scores
 
 
 @pytest.fixture
