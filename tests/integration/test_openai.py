@@ -100,7 +100,8 @@ def test_models_lists_the_pools(client: openai.OpenAI) -> None:
     ({"n": 99}, openai.BadRequestError, "n", "between 1 and 8"),
     ({"max_tokens": 0}, openai.BadRequestError, "max_tokens", "between 1 and"),
     ({"temperature": 3}, openai.BadRequestError, "temperature", "at most 2"),
-    ({"prompt": ["a", "b"]}, openai.BadRequestError, "prompt", "exactly one"),
+    ({"prompt": ["a"] * 5, "n": 2}, openai.BadRequestError, "prompt", "at most 8 per request"),
+    ({"suffix": "x"}, openai.BadRequestError, "suffix", "fill-in-the-middle"),
     ({"stop": ["a", "b", "c", "d", "e"]}, openai.BadRequestError, "stop", "at most 4"),
     ({"stream": "yes"}, openai.BadRequestError, "stream", "true or false"),
 ])

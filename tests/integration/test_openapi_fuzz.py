@@ -17,6 +17,7 @@ requests must get a 4xx. Two exceptions, both stated in the document:
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import schemathesis
@@ -82,7 +83,7 @@ def valid_requests_are_served(layout: Layout) -> schemathesis.CheckFunction:
         past_window = (status == 400 and error.get("field") == "length"
                        and "window" in error["description"])
         # A cross-field bound: the document states it in words, JSON Schema cannot.
-        body = case.body if isinstance(case.body, dict) else {}
+        body: dict[str, Any] = case.body if isinstance(case.body, dict) else {}
         length = body.get("length") or layout.defaults.length  # null: the default
         past_length = (status == 400 and error.get("field") == "min_tokens"
                        and (body.get("min_tokens") or 0) > length)
