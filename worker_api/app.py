@@ -23,7 +23,17 @@ from fanout.layout import Layout, load_layout
 from fanout.params import generation_body_limit
 from worker_api import metrics
 from worker_api.engines import load_engine
-from worker_api.resources import Generate, Generator, Health, Info, ReadySlots, WorkerIdentity
+from worker_api.resources import (
+    Detokenize,
+    Generate,
+    Generator,
+    Health,
+    Info,
+    ReadySlots,
+    Tokenize,
+    Vocabulary,
+    WorkerIdentity,
+)
 from worker_api.slots import RESTARTED_ENV, SLOT_ENV, STATE_DIR_ENV, SlotBoard, pool_from_env
 
 log = logging.getLogger(__name__)
@@ -40,6 +50,9 @@ def create_app(model: Generator, layout: Layout, identity: WorkerIdentity,
                         completed=observer.completed)
     app.add_route("/generate", generate)
     app.add_route("/generate/stream", generate, suffix="stream")
+    if isinstance(model, Vocabulary):  # a stand-in generator may have no tokenizer
+        app.add_route("/tokenize", Tokenize(model, body_limit))
+        app.add_route("/detokenize", Detokenize(model, body_limit))
     app.add_route("/health", Health(model, identity, board))
     app.add_route("/info", Info(model, identity))
     app.add_route("/metrics", metrics.metrics_page())

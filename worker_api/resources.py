@@ -1,4 +1,4 @@
-"""HTTP handlers of a worker: generate, health, info. Each hands off to the model."""
+"""HTTP handlers of a worker: generate, tokenize, health, info. Each hands off to the model."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import falcon
 
 from fanout.http import read_json
 from fanout.layout import GenerationDefaults, GenerationLimits, Pool, Slot
-from fanout.params import GenerationParams, parse_generation
+from fanout.params import GenerationParams, ParamError, parse_generation
 from fanout.peer import client_gone_check
-from worker_api.engines.base import Completion
+from worker_api.engines.base import Completion, Piece
 
 
 class Generator(Protocol):
@@ -25,12 +25,25 @@ class Generator(Protocol):
     def generate(self, params: GenerationParams,
                  abandoned: Callable[[], bool] | None = None) -> Completion: ...
 
-    def stream(self, params: GenerationParams,
-               abandoned: Callable[[], bool] | None = None) -> Iterator[str | Completion]: ...
+    def stream(self, params: GenerationParams, abandoned: Callable[[], bool] | None = None
+               ) -> Iterator[str | Piece | Completion]: ...
 
     def info(self) -> dict[str, Any]: ...
 
     def memory(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
+class Vocabulary(Protocol):
+    """What ``/tokenize`` and ``/detokenize`` need: a model holder that has a tokenizer
+    (the engines do; a stand-in generator need not)."""
+
+    window: int
+    vocab_size: int
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, ids: list[int], special: bool = False) -> str: ...
 
 
 class ReadySlots(Protocol):
@@ -66,15 +79,13 @@ class Generate:
         # client left): generation stops too, so the worker is free for live requests.
         done = self.model.generate(params, abandoned=client_gone_check(req.env))
         self.completed(done)
-        resp.media = {
-            "text": done.text, "tokens": done.tokens, "finish_reason": done.finish_reason,
-            "time": round(done.time, 4), "seed": done.seed,
-            "context_tokens": done.context_tokens, "worker": self.identity.as_json(),
-        }
+        resp.media = {**completion_json(done), "worker": self.identity.as_json()}
 
     def on_post_stream(self, req: falcon.Request, resp: falcon.Response) -> None:
         """``POST /generate/stream``: the same completion as NDJSON, text as it comes
-        (``{"text": ...}`` lines), then the ``/generate`` answer with ``"done": true``."""
+        (``{"text": ...}`` lines, with ``logprobs`` entries when asked; with echo the first
+        is ``{"text": "", "prompt_text": ...}``), then the ``/generate`` answer with
+        ``"done": true``."""
         params = parse_generation(read_json(req, self.max_body_bytes),
                                   self.defaults, self.limits)
         pieces = self.model.stream(params, abandoned=client_gone_check(req.env))
@@ -82,18 +93,31 @@ class Generate:
         resp.content_type = NDJSON_TYPE
         resp.stream = self._lines(first, pieces)
 
-    def _lines(self, first: str | Completion,
-               rest: Iterator[str | Completion]) -> Iterator[bytes]:
+    def _lines(self, first: str | Piece | Completion,
+               rest: Iterator[str | Piece | Completion]) -> Iterator[bytes]:
         for piece in itertools.chain([first], rest):
             if isinstance(piece, str):
                 yield json.dumps({"text": piece}).encode() + b"\n"
+            elif isinstance(piece, Piece):
+                yield json.dumps(piece.as_json()).encode() + b"\n"
             else:
                 self.completed(piece)
-                yield json.dumps({
-                    "done": True, "text": piece.text, "tokens": piece.tokens,
-                    "finish_reason": piece.finish_reason, "time": round(piece.time, 4),
-                    "seed": piece.seed, "context_tokens": piece.context_tokens,
-                    "worker": self.identity.as_json()}).encode() + b"\n"
+                yield json.dumps({"done": True, **completion_json(piece),
+                                  "worker": self.identity.as_json()}).encode() + b"\n"
+
+
+def completion_json(done: Completion) -> dict[str, Any]:
+    """The answer's fields: the same on ``/generate`` and a stream's last line."""
+    body: dict[str, Any] = {
+        "text": done.text, "tokens": done.tokens, "finish_reason": done.finish_reason,
+        "time": round(done.time, 4), "seed": done.seed,
+        "context_tokens": done.context_tokens}
+    if done.prompt_text is not None:
+        body["prompt_text"] = done.prompt_text
+    if done.logprobs is not None:
+        body["logprobs"] = done.logprobs.as_json()
+        body["cumulative_logprob"] = done.logprobs.cumulative
+    return body
 
 
 class Health:
@@ -118,3 +142,53 @@ class Info:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {**self.model.info(), "worker": self.identity.as_json()}
+
+
+class Tokenize:
+    """``POST /tokenize`` ``{"prompt": str}``: its token ids, as vLLM answers."""
+
+    def __init__(self, model: Vocabulary, max_body_bytes: int) -> None:
+        self.model, self.max_body_bytes = model, max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        prompt = _field(read_json(req, self.max_body_bytes), "prompt", str, "a string")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ParamError("prompt", f"is not valid Unicode: a lone surrogate at "
+                                       f"character {exc.start}") from None
+        tokens = self.model.tokenize(prompt)
+        resp.media = {"tokens": tokens, "count": len(tokens), "max_model_len": self.model.window}
+
+
+class Detokenize:
+    """``POST /detokenize`` ``{"tokens": [int]}``: their text (special tokens shown)."""
+
+    def __init__(self, model: Vocabulary, max_body_bytes: int) -> None:
+        self.model, self.max_body_bytes = model, max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        tokens = _field(read_json(req, self.max_body_bytes), "tokens", list,
+                        "a list of token ids")
+        for token in tokens:
+            if isinstance(token, bool) or not isinstance(token, int) \
+                    or not 0 <= token < self.model.vocab_size:
+                raise ParamError("tokens", f"token ids are integers from 0 to "
+                                           f"{self.model.vocab_size - 1}, not "
+                                           f"{json.dumps(token)[:40]}")
+        resp.media = {"prompt": self.model.detokenize(tokens, special=True)}
+
+
+def _field(body: Any, name: str, kind: type, what: str) -> Any:
+    """The body's one field ``name``, of JSON type ``kind`` (``what`` names it in words);
+    anything else is a 400 naming the field, as ``parse_generation`` words them."""
+    if not isinstance(body, dict):
+        raise ParamError("body", "must be a JSON object")
+    unknown = sorted(set(body) - {name})
+    if unknown:
+        raise ParamError(unknown[0].encode("utf-8", "backslashreplace").decode(),
+                         f"unknown field (allowed: {name})")
+    value = body.get(name)
+    if not isinstance(value, kind):
+        raise ParamError(name, "is required" if value is None else f"must be {what}")
+    return value

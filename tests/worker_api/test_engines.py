@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -126,24 +125,6 @@ def test_both_engines_decode_greedily_to_the_same_tokens(tiny_model_dir: Path) -
     reference = load("transformers", model)
     asked = params(context="It was the best of times", length=20, temperature=0)
     assert exact.generate(asked).text == reference.generate(asked).text
-
-
-@pytest.fixture(scope="module")
-def talks_to_the_end(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model changed to end every text at once: its final layer norm outputs the
-    end-of-text embedding, grown so that its own logit beats every other token's."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    folder = tmp_path_factory.mktemp("models") / "eos-first"
-    shutil.copytree(tiny_model_dir, folder)
-    weights = load_file(folder / "model.safetensors")
-    eos = weights["transformer.wte.weight"][50256] * 1000
-    weights["transformer.wte.weight"][50256] = eos  # lm_head shares it (tied weights)
-    weights["transformer.ln_f.weight"] = torch.zeros_like(weights["transformer.ln_f.weight"])
-    weights["transformer.ln_f.bias"] = eos.clone()
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
 
 
 @pytest.mark.parametrize("name", ENGINES)

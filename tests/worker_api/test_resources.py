@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -92,3 +93,69 @@ def test_min_tokens_above_the_length_is_refused_by_name(layout: Layout, cold_mod
         "/generate", json={"context": "x", "length": 3, "min_tokens": 4})
     assert result.status_code == 400 and result.json["field"] == "min_tokens"
     assert "at most length (3)" in result.json["description"]
+
+
+def test_generate_answers_logprobs_and_echo_in_openai_shapes(layout: Layout, cold_model: Engine,
+                                                             tmp_path: Path) -> None:
+    client = app_for(layout, cold_model, tmp_path)
+    plain = client.simulate_post("/generate", json={"context": "Hello world", "length": 4,
+                                                    "seed": 1})
+    assert set(plain.json) == {"text", "tokens", "finish_reason", "time", "seed",
+                               "context_tokens", "worker"}
+    body = client.simulate_post("/generate", json={
+        "context": "Hello world", "length": 4, "seed": 1, "logprobs": 2, "echo": True}).json
+    assert body["text"] == plain.json["text"] and body["prompt_text"] == "Hello world"
+    logprobs = body["logprobs"]
+    assert set(logprobs) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+    assert len(logprobs["tokens"]) == 2 + 4 == len(logprobs["text_offset"])
+    assert logprobs["tokens"][:2] == ["Hello", " world"] and logprobs["text_offset"][:3] == [
+        0, 5, 11]
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert "".join(logprobs["tokens"]) == "Hello world" + body["text"]
+    assert body["cumulative_logprob"] == pytest.approx(sum(logprobs["token_logprobs"][2:]))
+    assert all(1 <= len(top) <= 3 for top in logprobs["top_logprobs"][1:])
+
+
+def test_a_stream_carries_the_entries_with_its_text(layout: Layout, cold_model: Engine,
+                                                    tmp_path: Path) -> None:
+    result = app_for(layout, cold_model, tmp_path).simulate_post("/generate/stream", json={
+        "context": "Hello world", "length": 8, "seed": 2, "logprobs": 1, "echo": True})
+    first, *lines, done = [json.loads(line) for line in result.text.splitlines()]
+    assert first == {"text": "", "prompt_text": "Hello world", "logprobs": {
+        "tokens": ["Hello", " world"], "token_logprobs": [None, first["logprobs"][
+            "token_logprobs"][1]], "top_logprobs": [None, first["logprobs"]["top_logprobs"][1]],
+        "text_offset": [0, 5]}}
+    assert done["done"] and "".join(line["text"] for line in lines) == done["text"]
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [v for line in [first, *lines] for v in line["logprobs"][key]] == (
+            done["logprobs"][key])
+
+
+def test_tokenize_and_detokenize(layout: Layout, cold_model: Engine, tmp_path: Path) -> None:
+    client = app_for(layout, cold_model, tmp_path)
+    assert client.simulate_post("/tokenize", json={"prompt": "Hello world"}).json == {
+        "tokens": [15496, 995], "count": 2, "max_model_len": 256}
+    assert client.simulate_post("/detokenize", json={"tokens": [50256, 15496, 995]}).json == {
+        "prompt": "<|endoftext|>Hello world"}
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/tokenize", {"prompt": 3}, "prompt"),
+    ("/tokenize", {}, "prompt"),
+    ("/tokenize", {"prompt": "x", "model": "small"}, "model"),
+    ("/tokenize", '{"prompt": "\\ud800"}', "prompt"),  # a lone surrogate, sent as JSON
+    ("/detokenize", {"tokens": [50257]}, "tokens"),
+    ("/detokenize", {"tokens": [True]}, "tokens"),
+    ("/detokenize", {"tokens": "1"}, "tokens"),
+    ("/detokenize", [1], "body"),
+    ("/generate", {"context_ids": [1, 50257]}, "context_ids"),
+    ("/generate", {"context": "x", "logit_bias": {"50257": 5}}, "logit_bias"),
+    ("/generate/stream", {"context_ids": [50257]}, "context_ids"),
+])
+def test_token_ids_and_bodies_are_checked_by_field(layout: Layout, cold_model: Engine,
+                                                   tmp_path: Path, path: str,
+                                                   body: object, field: str) -> None:
+    client = app_for(layout, cold_model, tmp_path)
+    result = (client.simulate_post(path, body=body, content_type="application/json")
+              if isinstance(body, str) else client.simulate_post(path, json=body))
+    assert result.status_code == 400 and result.json["field"] == field

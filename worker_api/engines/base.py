@@ -1,11 +1,19 @@
 """The worker contract both engines keep, written once: how tokens become a completion.
 
-An engine only samples token ids (``Engine.sample``); everything a client can see is
-decided here, the same way for every engine: where the text ends (end of text, a stop
-sequence past ``min_tokens``, ``length``, ``max_time``, the front hanging up), which
-finish reason it gets, how many tokens it counts, and which pieces a stream may send
-(text that could still turn into a stop sequence, or half of a UTF-8 character, is held
-back, so the pieces always add up to the final text).
+An engine only samples token ids (``Engine.sample``) and scores them (``Engine.score``);
+everything a client can see is decided here, the same way for every engine: what the
+model is fed (the context's end, or the ids sent), where the text ends (end of text, a
+stop sequence past ``min_tokens``, ``length``, ``max_time``, the front hanging up), which
+finish reason it gets, how many tokens it counts (the generated tokens whose text is
+kept), and which pieces a stream may send (text that could still turn into a stop
+sequence, or half of a UTF-8 character, is held back, so the pieces always add up to the
+final text).
+
+The OpenAI extras are decided here too. Echo reports the prompt; log-probabilities
+(``worker_api.engines.logprobs``) come from one scoring pass over prompt and completion
+after generation, or, in a stream, from the sampler step by step (a scoring pass could
+not run beside a generation still going), each line carrying the entries of the tokens
+whose text it completes. A request that asks for neither costs nothing more.
 
 Torch-free: the CTranslate2 worker imports this and must not load torch.
 """
@@ -16,22 +24,36 @@ import os
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import psutil
 
 from fanout.model_files import ModelLoadError
 from fanout.params import MAX_SEED, GenerationParams, ParamError
+from worker_api.engines.logprobs import (
+    Entry,
+    Logprobs,
+    Scored,
+    clean_length,
+    entries,
+    entries_json,
+    spans,
+    token_ends,
+)
 
-__all__ = ["MIN_SAMPLING_TEMPERATURE", "Completion", "Decoding", "Engine", "ModelLoadError"]
+__all__ = ["BAN_BIAS", "MIN_SAMPLING_TEMPERATURE", "Completion", "Decoding", "Engine",
+           "ModelLoadError", "Piece", "Prompt"]
 
 # Dividing the logits by a temperature this small (1e-40, say) overflows them to inf and
 # sampling fails on NaN probabilities; that close to 0 it is greedy decoding anyway.
 MIN_SAMPLING_TEMPERATURE = 1e-6
-# What a byte-level BPE decodes half of a multi-byte character to, until the rest comes.
-_PARTIAL_CHARACTER = "\ufffd"
+# OpenAI: a bias of -100 "should result in a ban" of the token. Added as a number it would
+# not, against a logit far above the rest, so both engines make it -inf.
+BAN_BIAS = -100.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,35 @@ class Completion:
     time: float
     seed: int | None  # None: the engine cannot replay this sample (see Engine.sample)
     context_tokens: int
+    prompt_text: str | None = None  # with echo
+    logprobs: Logprobs | None = None  # with logprobs
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A stream's piece of text with what came with it: with logprobs, the entries of the
+    tokens whose text it completes; with echo, the first piece is the prompt's."""
+
+    text: str
+    logprobs: tuple[Entry, ...] | None = None
+    prompt_text: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        line: dict[str, Any] = {"text": self.text}
+        if self.prompt_text is not None:
+            line["prompt_text"] = self.prompt_text
+        if self.logprobs is not None:
+            line["logprobs"] = entries_json(self.logprobs)
+        return line
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is fed, and what echo reports of it."""
+
+    ids: list[int]
+    own: bool  # False: ``ids`` is the <|endoftext|> that stands in for an empty context
+    text: str  # echo's prompt_text ("" unless echo asked)
 
 
 def stop_at(text: str, stops: tuple[str, ...], floor: int = 0) -> int | None:
@@ -60,6 +111,7 @@ class Decoding:
                  params: GenerationParams) -> None:
         self.detokenize, self.eos_token_id, self.params = detokenize, eos_token_id, params
         self.ids: list[int] = []
+        self.ends: list[int] = []  # where each token's text ends (whole characters only)
         self.text = ""
         self.cut: int | None = None  # where a stop sequence starts
         self.floor: int | None = 0 if params.min_tokens == 0 else None
@@ -71,6 +123,24 @@ class Decoding:
     def finished(self) -> bool:
         return self.end_of_text or self.cut is not None or len(self.ids) >= self.params.length
 
+    @property
+    def count(self) -> int:
+        """The tokens the completion keeps: past a stop sequence, those whose text starts
+        before it (end of text is no token of the completion)."""
+        if self.cut is None:
+            return len(self.ids)
+        return 0 if self.cut == 0 else 1 + min(bisect_left(self.ends, self.cut),
+                                               len(self.ids) - 1)
+
+    @property
+    def settled(self) -> int:
+        """How many of the kept tokens have their whole text sent: their entries are final
+        (the last token's text may still gain the rest of a character)."""
+        ready = bisect_right(self.ends, self.sent)
+        if ready == len(self.ids) and len(self.text) > self.sent:
+            ready -= 1
+        return min(ready, self.count)
+
     def push(self, token: int) -> str:
         """Take one sampled token; return the text a stream may send now ('' if none)."""
         if self.finished:
@@ -80,35 +150,33 @@ class Decoding:
             return ""
         self.ids.append(token)
         self.text = self.detokenize(self.ids)
+        self.ends.append(max(clean_length(self.text), self.ends[-1] if self.ends else 0))
         if self.floor is None and len(self.ids) >= self.params.min_tokens:
             self.floor = len(self.text)
         if self.floor is not None:
             self.cut = stop_at(self.text, self.params.stop, self.floor)
-        if self.cut is not None:
-            end = self.cut
-        else:
-            end = len(self.text) - self.hold
-            if self.text.endswith(_PARTIAL_CHARACTER):
-                end = min(end, len(self.text.rstrip(_PARTIAL_CHARACTER)))
+        # Sendable: up to the stop sequence, or all but what could still begin one (and
+        # a partial character).
+        end = (self.cut if self.cut is not None
+               else min(len(self.text) - self.hold, self.ends[-1]))
         if end <= self.sent:
             return ""
         piece, self.sent = self.text[self.sent:end], end
         return piece
 
-    def completion(self, count_tokens: Callable[[str], int], started: float,
-                   seed: int | None, context_tokens: int, abandoned: bool) -> Completion:
+    def completion(self, started: float, seed: int | None, context_tokens: int,
+                   abandoned: bool) -> Completion:
         if self.cut is not None:  # the text ends before the stop sequence, not returned
             text, reason = self.text[:self.cut], "stop"
-            tokens = count_tokens(text)
         else:
-            text, tokens = self.text, len(self.ids)
+            text = self.text
             if self.end_of_text:
                 reason = "stop"
-            elif tokens >= self.params.length:
+            elif len(self.ids) >= self.params.length:
                 reason = "length"
             else:
                 reason = "abandoned" if abandoned else "time"
-        return Completion(text=text, tokens=tokens, finish_reason=reason,
+        return Completion(text=text, tokens=self.count, finish_reason=reason,
                           time=time.perf_counter() - started, seed=seed,
                           context_tokens=context_tokens)
 
@@ -116,12 +184,14 @@ class Decoding:
 class Engine(ABC):
     """A tokenizer and a causal LM on one device, ready to sample completions.
 
-    Subclasses load the model and implement ``tokenize``, ``detokenize`` and ``sample``;
-    ``generate`` and ``stream`` are the worker contract, the same for every engine.
+    Subclasses load the model and implement ``tokenize``, ``detokenize``, ``sample`` and
+    ``score``; ``generate`` and ``stream`` are the worker contract, the same for every
+    engine.
     """
 
     name: str
     window: int  # the model's context window, in tokens
+    vocab_size: int  # the model's logits per position: every token id it can take
     eos_token_id: int
     load_seconds: float
     ready: bool = False
@@ -130,13 +200,24 @@ class Engine(ABC):
     def tokenize(self, text: str) -> list[int]: ...
 
     @abstractmethod
-    def detokenize(self, ids: list[int]) -> str: ...
+    def detokenize(self, ids: list[int], special: bool = False) -> str:
+        """The text of ``ids``; special tokens (<|endoftext|>) are left out unless
+        ``special``, as a completion's text leaves them out."""
 
     @abstractmethod
-    def sample(self, params: GenerationParams, context: list[int],
-               seed: int | None) -> tuple[Iterator[int], int | None]:
+    def sample(self, params: GenerationParams, context: list[int], seed: int | None,
+               scores: list[Scored] | None = None) -> tuple[Iterator[int], int | None]:
         """Sampled token ids after ``context``, as they come; closing the iterator stops
-        generation. Also returns the seed that replays them (None when none can)."""
+        generation. Also returns the seed that replays them (None when none can).
+
+        Penalties and ``logit_bias`` apply (a bias of ``BAN_BIAS`` bans the token). Given
+        ``scores``, the engine appends each token's ``Scored`` (under the raw logits, with
+        ``params.logprobs`` alternatives) before yielding the token."""
+
+    @abstractmethod
+    def score(self, ids: list[int], start: int, top: int) -> list[Scored]:
+        """The figures of ``ids[start:]`` (start >= 1), each given the ids before it, with
+        the ``top`` likeliest tokens at each position: one forward pass."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
@@ -157,16 +238,42 @@ class Engine(ABC):
         self.ready = True
         return done
 
-    def context_ids(self, context: str, length: int, max_tokens: int | None) -> list[int]:
-        """Token ids to feed: the end of the context, short enough to leave room for ``length``."""
+    def room(self, length: int, max_tokens: int | None) -> int:
+        """How many context tokens fit beside ``length`` new ones (and ``max_tokens``)."""
         if length >= self.window:
             raise ParamError("length", f"must be below the model's window of {self.window} "
                                        f"tokens, not {length}")
         room = self.window - length
-        keep = room if max_tokens is None else min(room, max_tokens)
-        ids = self.tokenize(context)[-keep:]
+        return room if max_tokens is None else min(room, max_tokens)
+
+    def context_ids(self, context: str, length: int, max_tokens: int | None) -> list[int]:
+        """Token ids to feed: the end of the context, short enough to leave room for ``length``."""
+        ids = self.tokenize(context)[-self.room(length, max_tokens):]
         # GPT-2 starts from <|endoftext|> when there is no context to condition on.
         return ids or [self.eos_token_id]
+
+    def prompt(self, params: GenerationParams) -> Prompt:
+        """The context (as text or as ids) cut to fit, and with echo its text: as sent when
+        whole, else the decoding of the ids kept."""
+        self.check_vocabulary(params)
+        given = (self.tokenize(params.context) if params.context_ids is None
+                 else list(params.context_ids))
+        ids = given[-self.room(params.length, params.max_tokens):]
+        if not ids:
+            return Prompt([self.eos_token_id], own=False, text="")
+        text = ""
+        if params.echo:
+            whole = params.context_ids is None and len(ids) == len(given)
+            text = params.context if whole else self.detokenize(ids, special=True)
+        return Prompt(ids, own=True, text=text)
+
+    def check_vocabulary(self, params: GenerationParams) -> None:
+        """Token ids a request names must be ones the model has logits for."""
+        for field, ids in (("context_ids", params.context_ids or ()),
+                           ("logit_bias", [token for token, _ in params.logit_bias])):
+            if max(ids, default=-1) >= self.vocab_size:
+                raise ParamError(field, f"token {max(ids)} is not in the model's vocabulary "
+                                        f"(ids 0 to {self.vocab_size - 1})")
 
     def generate(self, params: GenerationParams,
                  abandoned: Callable[[], bool] | None = None) -> Completion:
@@ -175,17 +282,31 @@ class Engine(ABC):
         ``abandoned`` is asked after every token; once it says yes (the front stopped
         waiting), generation stops, so a dropped request frees its worker at once.
         """
-        *_, done = self.stream(params, abandoned)
+        *_, done = self._run(params, abandoned, streaming=False)
         assert isinstance(done, Completion)
         return done
 
-    def stream(self, params: GenerationParams,
-               abandoned: Callable[[], bool] | None = None) -> Iterator[str | Completion]:
-        """The completion's text as it is generated, in pieces, then the Completion."""
+    def stream(self, params: GenerationParams, abandoned: Callable[[], bool] | None = None
+               ) -> Iterator[str | Piece | Completion]:
+        """The completion's text as it is generated, in pieces, then the Completion.
+
+        A piece is a ``str``, or a ``Piece`` when echo or logprobs ask for more than text.
+        """
+        return self._run(params, abandoned, streaming=True)
+
+    def _run(self, params: GenerationParams, abandoned: Callable[[], bool] | None,
+             streaming: bool) -> Iterator[str | Piece | Completion]:
         started = time.perf_counter()
-        context = self.context_ids(params.context, params.length, params.max_tokens)
+        prompt = self.prompt(params)
+        report = _Report(self, params, prompt)
+        live = streaming and params.logprobs is not None
+        scores: list[Scored] | None = [] if live else None
+        if streaming and params.echo:
+            yield Piece("", prompt_text=prompt.text,
+                        logprobs=tuple(report.prompt_entries()) if live else None)
         wanted = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
-        tokens, seed = self.sample(params, context, wanted)
+        tokens, seed = (self.sample(params, prompt.ids, wanted, scores) if params.length
+                        else (iter(()), params.seed))
         decoding = Decoding(self.detokenize, self.eos_token_id, params)
         deadline = started + params.max_time
         gone = False
@@ -193,7 +314,7 @@ class Engine(ABC):
             for token in tokens:
                 piece = decoding.push(token)
                 if piece:
-                    yield piece
+                    yield report.line(piece, decoding, scores) if live else piece
                 gone = abandoned is not None and abandoned()
                 if decoding.finished or gone or time.perf_counter() >= deadline:
                     break
@@ -201,12 +322,92 @@ class Engine(ABC):
             close = getattr(tokens, "close", None)
             if close is not None:
                 close()  # stops the engine within the token it is on
-        done = decoding.completion(lambda text: len(self.tokenize(text)), started, seed,
-                                   len(context), gone)
-        if len(done.text) > decoding.sent:
-            yield done.text[decoding.sent:]
-        yield done
+        done = decoding.completion(started, seed, len(prompt.ids), gone)
+        rest = done.text[decoding.sent:]
+        if live and (rest or report.streamed < done.tokens):  # the entries left, too
+            yield report.line(rest, decoding, scores, upto=done.tokens)
+        elif rest:
+            yield rest
+        yield report.complete(done, decoding, scores)
 
 
 def is_greedy(params: GenerationParams) -> bool:
     return params.temperature < MIN_SAMPLING_TEMPERATURE
+
+
+def bans(params: GenerationParams) -> list[int]:
+    """The tokens ``logit_bias`` bans."""
+    return [token for token, bias in params.logit_bias if bias <= BAN_BIAS]
+
+
+def reshapes_logits(params: GenerationParams) -> bool:
+    """Whether penalties or a bias other than a ban change the logits before sampling."""
+    return bool(params.presence_penalty or params.frequency_penalty
+                or any(bias > BAN_BIAS for _, bias in params.logit_bias))
+
+
+class _Report:
+    """What a completion reports beyond its text: echo's prompt, logprobs' entries."""
+
+    def __init__(self, engine: Engine, params: GenerationParams, prompt: Prompt) -> None:
+        self.engine, self.params, self.prompt = engine, params, prompt
+        self.top = params.logprobs or 0
+        self.offset = len(prompt.text)  # completion offsets count from the prompt's end
+        self.streamed = 0  # completion entries already sent on a line
+        self.echoed: list[Entry] = []
+
+    def name(self, token: int) -> str:
+        return self.engine.detokenize([token], special=True)
+
+    def prompt_entries(self, scored: Sequence[Scored] | None = None) -> list[Entry]:
+        """The prompt's entries (echo with logprobs): scored now unless ``scored`` is given
+        (the figures of its tokens after the first, which has none)."""
+        ids = self.prompt.ids
+        if not (self.params.echo and self.prompt.own):
+            return []
+        if scored is None:
+            scored = self.engine.score(ids, 1, self.top) if len(ids) > 1 else []
+        _, ends = token_ends(partial(self.engine.detokenize, special=True), ids)
+        text = self.prompt.text
+        self.echoed = entries(text, spans(ends, len(ids), len(text)), ids, [None, *scored],
+                              self.top, self.name)
+        return self.echoed
+
+    def completion_entries(self, decoding: Decoding, text: str, first: int, last: int,
+                           scored: Sequence[Scored]) -> list[Entry]:
+        """Entries of the kept tokens ``first`` to ``last`` (exclusive) of ``text``."""
+        where = spans(decoding.ends, last, len(text))[first:]
+        return entries(text, where, decoding.ids[first:last], scored, self.top, self.name,
+                       self.offset)
+
+    def line(self, piece: str, decoding: Decoding, scores: list[Scored] | None,
+             upto: int | None = None) -> Piece:
+        """A stream's piece with the entries it completes (the sampler scored them); the
+        last one takes every entry left (``upto``: the completion's token count)."""
+        assert scores is not None
+        ready = max(decoding.settled if upto is None else upto, self.streamed)
+        text = decoding.text[:decoding.cut] if decoding.cut is not None else decoding.text
+        fresh = self.completion_entries(decoding, text, self.streamed, ready,
+                                        scores[self.streamed:ready])
+        self.streamed = ready
+        return Piece(piece, logprobs=tuple(fresh))
+
+    def complete(self, done: Completion, decoding: Decoding,
+                 scores: list[Scored] | None) -> Completion:
+        """``done`` with echo's prompt text and the logprobs, as asked."""
+        if self.params.logprobs is None:
+            return replace(done, prompt_text=self.prompt.text) if self.params.echo else done
+        ids = self.prompt.ids
+        if scores is not None:  # scored step by step; the prompt was scored up front
+            completion = scores[:done.tokens]
+            prompt = self.echoed
+        else:  # one pass over both, from the prompt's second token when it is reported
+            first = 1 if self.params.echo and self.prompt.own else len(ids)
+            whole = ids + decoding.ids[:done.tokens]
+            scored = self.engine.score(whole, first, self.top) if len(whole) > first else []
+            prompt = self.prompt_entries(scored[:len(ids) - first])
+            completion = scored[len(ids) - first:]
+        entries_ = [*prompt, *self.completion_entries(decoding, done.text, 0, done.tokens,
+                                                      completion)]
+        return replace(done, prompt_text=self.prompt.text if self.params.echo else None,
+                       logprobs=Logprobs(tuple(entries_), prompt=len(prompt)))

@@ -1,6 +1,9 @@
 """The transformers engine: ``generate()`` of a transformers causal LM on one device.
 
-The reference engine, and the one for any model CTranslate2 cannot convert. This and
+The reference engine, and the one for any model CTranslate2 cannot convert. Penalties and
+``logit_bias`` are a logits processor; log-probabilities come from a scoring pass (one
+forward over prompt and completion) or, in a stream, from a processor that keeps each
+step's raw logits, ahead of every other processor. This and
 ``worker_api.engines.ctranslate2_engine`` are the only worker modules that import an
 inference library; it is imported inside a worker after fork, once ``post_fork`` has
 pinned the device, so the gunicorn master never initialises CUDA.
@@ -8,6 +11,7 @@ pinned the device, so the gunicorn master never initialises CUDA.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -18,6 +22,9 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
     PreTrainedModel,
     StoppingCriteria,
     StoppingCriteriaList,
@@ -28,7 +35,8 @@ from transformers.utils import logging as hf_logging
 from fanout.layout import Model
 from fanout.model_files import ModelLoadError, model_folder, weights_files
 from fanout.params import GenerationParams
-from worker_api.engines.base import Engine, is_greedy
+from worker_api.engines.base import BAN_BIAS, Engine, is_greedy, reshapes_logits
+from worker_api.engines.logprobs import Scored
 
 # Load bars are noise in a server's log; the load time is logged once instead.
 hf_logging.disable_progress_bar()
@@ -66,6 +74,7 @@ class TransformersEngine(Engine):
         # transformers types `to` through a decorator mypy misreads; it is nn.Module.to.
         self.model.to(self.device).eval()  # type: ignore[arg-type]
         self.window = int(self.model.config.n_positions)
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         self.load_seconds = time.perf_counter() - started
 
@@ -76,16 +85,33 @@ class TransformersEngine(Engine):
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def detokenize(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+    def detokenize(self, ids: list[int], special: bool = False) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=not special))
 
-    def sample(self, params: GenerationParams, context: list[int],
-               seed: int | None) -> tuple[Iterator[int], int | None]:
+    @torch.no_grad()
+    def score(self, ids: list[int], start: int, top: int) -> list[Scored]:
+        # Logits of the positions scored only: a completion's, not the whole prompt's.
+        logits = self.model(torch.tensor([ids], device=self.device),
+                            logits_to_keep=len(ids) - start + 1).logits
+        rows = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+        return _scored(rows, ids[start:], top)
+
+    def sample(self, params: GenerationParams, context: list[int], seed: int | None,
+               scores: list[Scored] | None = None) -> tuple[Iterator[int], int | None]:
         """``generate()`` runs on a thread and hands each token over as it is chosen; once
         the consumer closes the iterator, a stopping criterion ends it at the next token."""
         stop = threading.Event()
         tokens: queue.Queue[Any] = queue.Queue()
         input_ids = torch.tensor([context], device=self.device)
+        # Custom processors run before generate()'s warpers (temperature, top-k, top-p);
+        # the capture goes first, so that it sees the logits as the model gave them.
+        capture = _Capture(params.logprobs or 0) if scores is not None else None
+        processors = LogitsProcessorList([capture] if capture else [])
+        if params.min_tokens:
+            processors.append(MinNewTokensLengthLogitsProcessor(
+                len(context), params.min_tokens, self.eos_token_id, str(self.device)))
+        if params.logit_bias or reshapes_logits(params):
+            processors.append(_Penalties(params, len(context), self.vocab_size, self.device))
         sampling: dict[str, Any] = (
             {"do_sample": False} if is_greedy(params) else
             {"do_sample": True, "temperature": params.temperature, "top_k": params.top_k,
@@ -98,9 +124,9 @@ class TransformersEngine(Engine):
                 torch.manual_seed(seed if seed is not None else 0)
                 self.model.generate(  # type: ignore[operator]
                     input_ids, attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=params.length, min_new_tokens=params.min_tokens or None,
+                    max_new_tokens=params.length, logits_processor=processors,
                     max_time=params.max_time, pad_token_id=self.eos_token_id,
-                    eos_token_id=self.eos_token_id, streamer=_Handover(tokens),
+                    eos_token_id=self.eos_token_id, streamer=_Handover(tokens, capture),
                     stopping_criteria=StoppingCriteriaList([_Stopped(stop)]), **sampling)
             except BaseException as error:  # re-raised by the consumer, in its thread
                 tokens.put(error)
@@ -113,7 +139,10 @@ class TransformersEngine(Engine):
                 while (item := tokens.get()) is not _END:
                     if isinstance(item, BaseException):
                         raise item
-                    yield item
+                    token, scored = item
+                    if scores is not None:
+                        scores.append(scored)
+                    yield token
             finally:
                 stop.set()
                 thread.join()
@@ -136,17 +165,65 @@ class TransformersEngine(Engine):
         }
 
 
-class _Handover(BaseStreamer):
-    """Queues each chosen token for the consumer (the first put is the prompt: skipped)."""
+class _Capture(LogitsProcessor):
+    """Keeps the step's raw log-softmax until its token is chosen (see ``_Handover``)."""
 
-    def __init__(self, tokens: queue.Queue[Any]) -> None:
-        self.tokens, self.prompt_seen = tokens, False
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.row: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                 ) -> torch.FloatTensor:
+        self.row = torch.log_softmax(scores[0].float(), dim=-1)
+        return scores
+
+    def scored(self, token: int) -> Scored:
+        assert self.row is not None
+        return _scored(self.row[None], [token], self.top)[0]
+
+
+class _Penalties(LogitsProcessor):
+    """OpenAI's penalties and ``logit_bias``: a token's logit loses frequency_penalty per
+    time it was sampled in this completion and presence_penalty once it was, and gains its
+    bias (``BAN_BIAS``: -inf)."""
+
+    def __init__(self, params: GenerationParams, prompt_length: int, vocab_size: int,
+                 device: torch.device) -> None:
+        self.presence, self.frequency = params.presence_penalty, params.frequency_penalty
+        self.prompt_length, self.vocab_size = prompt_length, vocab_size
+        self.bias = torch.zeros(vocab_size, device=device)
+        for token, bias in params.logit_bias:
+            self.bias[token] = -math.inf if bias <= BAN_BIAS else bias
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor
+                 ) -> torch.Tensor:
+        counts = torch.bincount(input_ids[0, self.prompt_length:], minlength=self.vocab_size)
+        penalty = counts * self.frequency + (counts > 0) * self.presence
+        return scores - penalty.to(scores.dtype) + self.bias.to(scores.dtype)
+
+
+def _scored(rows: torch.Tensor, chosen: list[int], top: int) -> list[Scored]:
+    """``Scored`` per row of log-probabilities, for the token chosen at each."""
+    picked = rows.gather(1, torch.tensor(chosen, device=rows.device)[:, None])[:, 0].tolist()
+    values, indices = rows.topk(top, dim=-1) if top else (rows[:, :0], rows[:, :0].long())
+    return [Scored(logprob, tuple(zip(ids, logprobs, strict=True)))
+            for logprob, ids, logprobs in zip(picked, indices.tolist(), values.tolist(),
+                                              strict=True)]
+
+
+class _Handover(BaseStreamer):
+    """Queues each chosen token for the consumer (the first put is the prompt: skipped),
+    with its figures when a ``_Capture`` keeps them."""
+
+    def __init__(self, tokens: queue.Queue[Any], capture: _Capture | None) -> None:
+        self.tokens, self.capture, self.prompt_seen = tokens, capture, False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        self.tokens.put(int(value.reshape(-1)[0]))
+        token = int(value.reshape(-1)[0])
+        self.tokens.put((token, self.capture.scored(token) if self.capture else None))
 
     def end(self) -> None:
         pass
