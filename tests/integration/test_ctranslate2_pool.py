@@ -55,8 +55,10 @@ def test_the_master_converted_once_before_the_workers_loaded_it(ct2: RunningTier
         assert info["engine"] == "ctranslate2" and info["quantization"] == "int8"
         assert info["converted"] == str(converted)
         maps = Path(f"/proc/{pid}/maps").read_text()
-        # The lean worker: CTranslate2 is loaded, torch never is.
+        # The lean worker: CTranslate2 is loaded, torch never is, numpy not before a
+        # request needs it (logprobs, penalties, a bias).
         assert "libctranslate2" in maps and "libtorch" not in maps
+        assert "_multiarray_umath" not in maps
 
 
 def test_a_slot_with_cores_runs_pinned_to_them(ct2: RunningTiers) -> None:
@@ -94,3 +96,36 @@ def test_min_tokens_and_stream_through_openais_client(ct2: RunningTiers) -> None
         with pytest.raises(openai.BadRequestError, match="min_tokens"):
             client.completions.create(model="fast", prompt="x", max_tokens=3,
                                       extra_body={"min_tokens": 4})
+
+
+def test_openais_extras_on_a_ctranslate2_pool(ct2: RunningTiers) -> None:
+    """What CTranslate2 has no hook for (a bias that is no ban, penalties, log-probabilities
+    as a stream goes) its workers do themselves; through OpenAI's client it looks the same."""
+    with openai.OpenAI(base_url=f"{ct2.front_url}/v1", api_key="unused", max_retries=0,
+                       timeout=60) as client:
+        scored = client.completions.create(model="fast", prompt="The nation was",
+                                           max_tokens=0, echo=True, logprobs=2)
+        [choice] = scored.choices
+        assert choice.logprobs is not None and choice.text == "The nation was"
+        assert "".join(choice.logprobs.tokens or []) == choice.text
+        figures = choice.logprobs.token_logprobs or []
+        assert figures[0] is None and all(f is not None and f <= 0 for f in figures[1:])
+
+        forced = dict(model="fast", prompt="The nation", max_tokens=4, seed=3, logprobs=1,
+                      logit_bias={"11": 100})  # GPT-2's token 11 is ","
+        whole = client.completions.create(**forced)
+        assert whole.choices[0].text == ",,,,"
+        with client.completions.create(**forced, stream=True) as chunks:
+            tokens = [token for chunk in chunks for part in chunk.choices
+                      if part.logprobs is not None for token in part.logprobs.tokens or []]
+        assert tokens == [","] * 4
+
+        greedy = dict(model="fast", prompt="The nation", max_tokens=12, temperature=0,
+                      logprobs=0)
+        plain = client.completions.create(**greedy)
+        penalised = client.completions.create(**greedy, presence_penalty=2,
+                                              frequency_penalty=2)
+        # The tiny model repeats one token greedily; penalised, it may not repeat any.
+        distinct = [len(set(answer.choices[0].logprobs.tokens))
+                    for answer in (plain, penalised)]
+        assert distinct[1] > distinct[0]
