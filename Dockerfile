@@ -32,7 +32,7 @@ RUN groupadd --gid 10001 fanout \
     && mkdir /models /var/cache/fanout \
     && chown fanout:fanout /var/cache/fanout
 
-# nginx for the edge (python -m fanout.edge): the binary only. fanout.edge writes the whole
+# nginx for the edge (python -m fanout.launch.edge): the binary only. fanout.launch.edge writes the whole
 # configuration and puts its pid and temporary files in a run dir under /tmp, so uid 10001
 # runs it on a read-only root filesystem (with /tmp writable: a tmpfs or an emptyDir).
 RUN apt-get update \
@@ -84,14 +84,14 @@ RUN python -m fanout.convert --layout /app/gpu_layout.yaml \
 
 # The tiers' packages, which the converter does not use (changing them keeps the
 # conversions' layer); compiled now because the root filesystem may be read-only. The
-# build fails unless this nginx accepts what this fanout.edge writes (nginx -t).
+# build fails unless this nginx accepts what this fanout.launch.edge writes (nginx -t).
 COPY frontend_api /app/frontend_api
 COPY worker_api /app/worker_api
 RUN chmod 0755 /usr/local/bin/fanout-tier /usr/local/bin/fanout-healthcheck \
     && python -m compileall -q /app/fanout /app/frontend_api /app/worker_api \
     && python -m fanout.layout /app/gpu_layout.yaml \
     && mkdir /tmp/edge-check \
-    && python -m fanout.edge --print --run-dir /tmp/edge-check > /tmp/edge-check/nginx.conf \
+    && python -m fanout.launch.edge --print --run-dir /tmp/edge-check > /tmp/edge-check/nginx.conf \
     && nginx -t -q -e stderr -c /tmp/edge-check/nginx.conf \
     && rm -rf /tmp/edge-check
 

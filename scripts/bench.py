@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench import main
+from fanout.tools.bench.bench import main
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fanout.soak import main
+from fanout.tools.soak import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

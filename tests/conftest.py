@@ -13,7 +13,7 @@ import yaml
 from fanout.convert import CACHE_ENV
 from fanout.layout import API_KEYS_ENV, FRONT_BIND_ENV, LAYOUT_ENV
 from fanout.ports import free_port
-from fanout.tiny_model import make_tiny_model
+from fanout.tools.tiny_model import make_tiny_model
 
 LayoutFactory = Callable[..., Path]
 REPO = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from fanout.convert import ensure_converted
 from fanout.layout import Model
 from fanout.params import GenerationParams
-from fanout.tokenizer import VOCAB_SIZE
+from fanout.tools.tokenizer import VOCAB_SIZE
 from training.tokens import EOS_ID, load_splits
 from worker_api.engines.base import Engine
 from worker_api.engines.ctranslate2_engine import CTranslate2Engine

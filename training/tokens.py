@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from fanout.tokenizer import write_gpt2_tokenizer
+from fanout.tools.tokenizer import write_gpt2_tokenizer
 from training.corpus import Document, documents, fetch, split
 
 EOS_ID = 50256

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
-from fanout.tokenizer import VOCAB_SIZE, write_gpt2_tokenizer
+from fanout.tools.tokenizer import VOCAB_SIZE, write_gpt2_tokenizer
 from training.tokens import EOS_ID, load_splits
 
 REPO = Path(__file__).resolve().parent.parent

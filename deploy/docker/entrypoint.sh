@@ -3,20 +3,20 @@
 #
 #   front          the front API (the image's default command): on the layout's
 #                  front.bind, or, behind an edge, on edge.front_bind (loopback)
-#   edge           nginx on front.bind, buffering for the front (fanout.edge); run it in
+#   edge           nginx on front.bind, buffering for the front (fanout.launch.edge); run it in
 #                  the front's network namespace, since the front listens on loopback.
 #                  Its run dir is a new one under $TMPDIR (/tmp), which must be writable
 #   pool           the worker tier of the pool that $FANOUT_POOL names, on its bind
-#   serve          every tier of the layout in this one container (fanout.serve); the
+#   serve          every tier of the layout in this one container (fanout.launch.serve); the
 #                  public address is $FANOUT_FRONT_BIND, by default 0.0.0.0:8000
 #   layout         check the layout ($FANOUT_LAYOUT) and say what it starts
 #   convert        fanout-convert: convert the layout's ctranslate2 pools (or the POOLs
 #                  named) into $FANOUT_CACHE_DIR, which must then be writable. The image
 #                  holds the shipped models' conversions; this is for models mounted at
 #                  run time, e.g. in an init container (docs/DEPLOY.md)
-#   anything else  runs as a command, e.g. `python -m fanout.memory_fit`
+#   anything else  runs as a command, e.g. `python -m fanout.launch.memory_fit`
 #
-# Arguments after front or pool go to gunicorn, after edge to fanout.edge (--print).
+# Arguments after front or pool go to gunicorn, after edge to fanout.launch.edge (--print).
 # The command lines are those of fanout/tiers.py and the Procfile (tests/deploy keeps
 # them in step). exec: gunicorn (or nginx) is PID 1 and gets the container's stop
 # signal. gunicorn stops gracefully on SIGTERM; nginx on SIGQUIT only (SIGTERM drops
@@ -31,7 +31,7 @@ case "$tier" in
         exec python -m gunicorn -c python:frontend_api.gunicorn_conf 'frontend_api.app:get_app()' "$@"
         ;;
     edge)
-        exec python -m fanout.edge "$@"
+        exec python -m fanout.launch.edge "$@"
         ;;
     pool)
         if [ -z "${FANOUT_POOL:-}" ]; then
@@ -43,7 +43,7 @@ case "$tier" in
     serve)
         FANOUT_FRONT_BIND="${FANOUT_FRONT_BIND:-0.0.0.0:8000}"
         export FANOUT_FRONT_BIND
-        exec python -m fanout.serve "$@"
+        exec python -m fanout.launch.serve "$@"
         ;;
     layout)
         exec python -m fanout.layout "$@"

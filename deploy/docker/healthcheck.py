@@ -7,7 +7,7 @@ Exits 0 on a 200 and 1 otherwise, as Docker's ``HEALTHCHECK`` expects. The tier 
 (front, edge, pool or serve), else ``pool`` when ``$FANOUT_POOL`` is set, else the one
 that PID 1 runs: one image check serves every container, and behind an edge the front
 and the edge listen on different ports. The address is the tier's in the layout
-(``fanout.tiers``): a pool's bind, the front's ``edge.front_bind`` behind an edge, the
+(``fanout.launch.tiers``): a pool's bind, the front's ``edge.front_bind`` behind an edge, the
 edge's ``front.bind``; ``serve`` is checked through its edge (or front), which reports
 every pool. ``$FANOUT_HEALTH_PORT`` overrides it with ``127.0.0.1:PORT``.
 
@@ -45,9 +45,9 @@ def running_tier(environ: dict[str, str], cmdline: bytes | None = None) -> str:
         if os.path.basename(word) == "fanout-tier":  # docker run --init: PID 1 is its init
             return words[index + 1]
     text = " ".join(words)
-    if "nginx" in text or "fanout.edge" in text:
+    if "nginx" in text or "fanout.launch.edge" in text:
         return "edge"
-    return "serve" if "fanout.serve" in text else "front"
+    return "serve" if "fanout.launch.serve" in text else "front"
 
 
 def health_url(tier: str, environ: dict[str, str] | None = None) -> str:
@@ -56,8 +56,8 @@ def health_url(tier: str, environ: dict[str, str] | None = None) -> str:
     if environ.get(PORT_ENV):
         return f"http://127.0.0.1:{int(environ[PORT_ENV])}/health"
     # Only when the layout is needed.
+    from fanout.launch.tiers import tiers
     from fanout.layout import POOL_ENV, load_layout
-    from fanout.tiers import tiers
 
     layout = load_layout(environ.get("FANOUT_LAYOUT"))
     urls = {entry.name: entry.health_url for entry in tiers(layout)}

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from fanout.launch.tiers import tiers
 from fanout.layout import ENGINES, POOL_ENV, Layout, load_layout
-from fanout.tiers import tiers
 from tests.deploy.support import (
     DEPLOY,
     IMAGE_APP,
@@ -105,9 +105,9 @@ def test_it_installs_debians_nginx_for_the_edge_as_root(dockerfile: DockerfilePa
 
 def test_the_build_checks_its_nginx_accepts_the_edges_configuration(
         dockerfile: DockerfileParser) -> None:
-    position = first(dockerfile, "RUN", "fanout.edge")
+    position = first(dockerfile, "RUN", "fanout.launch.edge")
     check = instructions(dockerfile)[position]["value"]
-    assert "python -m fanout.edge --print" in check and "nginx -t" in check
+    assert "python -m fanout.launch.edge --print" in check and "nginx -t" in check
     assert first(dockerfile, "COPY", "fanout ") < position < first(dockerfile, "USER")
 
 
@@ -424,7 +424,7 @@ def test_the_health_check_of_a_layout_without_edge(tmp_path: Path) -> None:
          b"frontend_api.app:get_app()\0", "front"),
     ({}, b"nginx: master process /usr/sbin/nginx -e stderr -c /tmp/x/nginx.conf -g daemon "
          b"off;\0", "edge"),
-    ({}, b"python\0-m\0fanout.serve\0", "serve"),
+    ({}, b"python\0-m\0fanout.launch.serve\0", "serve"),
     # docker run --init: its init is PID 1, with the entry point and the tier as arguments
     ({}, b"/sbin/docker-init\0--\0fanout-tier\0edge\0", "edge"),
     ({POOL_ENV: "small"}, b"python\0-m\0gunicorn\0", "pool"),

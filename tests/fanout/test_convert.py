@@ -21,7 +21,7 @@ from fanout.convert import (
     main,
 )
 from fanout.layout import Model
-from fanout.tokenizer import write_gpt2_tokenizer
+from fanout.tools.tokenizer import write_gpt2_tokenizer
 
 
 @pytest.fixture

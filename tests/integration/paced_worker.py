@@ -23,8 +23,8 @@ from typing import Any
 
 import falcon
 
-from benchmarks.instant_worker import stand_in_app
 from fanout.params import GenerationParams
+from fanout.tools.bench.instant_worker import stand_in_app
 from worker_api.engines.base import Completion
 
 PACED_APP = "tests.integration.paced_worker:get_app()"

@@ -20,8 +20,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from fanout.launch.tiers import tiers
 from fanout.layout import LAYOUT_ENV, load_layout
-from fanout.tiers import tiers
 
 READY_SECONDS = 120.0
 REPO = Path(__file__).resolve().parents[2]

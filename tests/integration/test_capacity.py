@@ -1,6 +1,6 @@
 """The capacity tool for real: tiny model, 1 and 2 workers, a few seconds each.
 
-Also the memory-fit warning of ``fanout.serve``, which needs a real start-up to show.
+Also the memory-fit warning of ``fanout.launch.serve``, which needs a real start-up to show.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def test_serve_warns_when_a_layout_oversubscribes_a_device(tmp_path: Path) -> No
     layout.write_text(f"front: {{bind: '127.0.0.1:{free_port()}'}}\n"
                       f"pools:\n  big: {{model: '{huge}', bind: '127.0.0.1:{free_port()}', "
                       "slots: [cpu, cpu]}\n")
-    result = subprocess.run([sys.executable, "-m", "fanout.serve", "--layout", str(layout)],
+    result = subprocess.run([sys.executable, "-m", "fanout.launch.serve", "--layout", str(layout)],
                             capture_output=True, text=True, timeout=120)
     assert "warning: cpu is oversubscribed: its 2 workers need about" in result.stderr
     assert result.returncode == 1  # the warning does not stop it; the missing weights do

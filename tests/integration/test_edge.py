@@ -21,9 +21,9 @@ import pytest
 import requests
 import yaml
 
-from benchmarks.slow_clients import Hostile
 from fanout.layout import API_KEYS_ENV
 from fanout.ports import free_port
+from fanout.tools.bench.slow_clients import Hostile
 from tests.conftest import layout_document
 from tests.integration.paced_worker import PACED_APP, PIECES, Gates
 from tests.integration.servers import RunningTiers

@@ -21,7 +21,7 @@ import requests
 import yaml
 
 from fanout.ports import free_port
-from fanout.tiny_model import make_tiny_model
+from fanout.tools.tiny_model import make_tiny_model
 from tests.conftest import layout_document
 from tests.integration.servers import RunningTiers, paused
 

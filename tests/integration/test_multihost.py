@@ -22,9 +22,9 @@ import pytest
 import requests
 import yaml
 
+from fanout.launch.tiers import tiers
 from fanout.layout import LAYOUT_ENV, load_layout
 from fanout.ports import free_port
-from fanout.tiers import tiers
 from tests.conftest import layout_document
 from tests.integration.netns import NetnsHost, why_no_namespaces
 from tests.integration.servers import (

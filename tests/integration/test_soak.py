@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fanout.load import NO_ANSWER, LoadResult, Record
-from fanout.soak import growth, verdict
+from fanout.tools.load import NO_ANSWER, LoadResult, Record
+from fanout.tools.soak import growth, verdict
 from tests.conftest import LayoutFactory
 from tests.integration.test_capacity import processes_of
 

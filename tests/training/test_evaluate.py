@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fanout.params import GenerationParams
-from fanout.tokenizer import VOCAB_SIZE
+from fanout.tools.tokenizer import VOCAB_SIZE
 from tests.conftest import SHIPPED_MODELS
 from training.evaluate import (
     EngineEvaluation,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fanout.layout import Model
-from fanout.tokenizer import VOCAB_SIZE
+from fanout.tools.tokenizer import VOCAB_SIZE
 from tests.conftest import SHIPPED_MODELS
 from training.model_card import render
 from worker_api.engines.transformers_engine import TransformersEngine

@@ -33,10 +33,10 @@ import psutil
 import requests
 from tqdm import tqdm
 
-from fanout.capacity import CONTEXT, step_layout
+from fanout.launch.serve import Supervisor, running_tiers
 from fanout.layout import FRONT_BIND_ENV, Layout, load_layout_or_exit
-from fanout.load import NO_ANSWER, LoadResult, run_load
-from fanout.serve import Supervisor, running_tiers
+from fanout.tools.capacity import CONTEXT, step_layout
+from fanout.tools.load import NO_ANSWER, LoadResult, run_load
 
 MiB = 2**20
 START_SECONDS = 300.0

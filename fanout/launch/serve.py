@@ -24,6 +24,8 @@ from typing import IO
 
 import requests
 
+from fanout.launch.memory_fit import oversubscription_warnings
+from fanout.launch.tiers import Tier, tiers
 from fanout.layout import (
     API_KEYS_ENV,
     FRONT_BIND_ENV,
@@ -32,8 +34,6 @@ from fanout.layout import (
     describe,
     load_layout_or_exit,
 )
-from fanout.memory_fit import oversubscription_warnings
-from fanout.tiers import Tier, tiers
 
 POLL_SECONDS = 0.5
 STOP_SECONDS = 30.0

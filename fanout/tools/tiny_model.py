@@ -4,7 +4,7 @@ It writes gibberish, but it has GPT-2's architecture, tokenizer and file layout,
 exercises every part of both tiers in tests in seconds, and a GPT-2-sized one (12 layers,
 width 768) is a fair stand-in for timing. Same seed, same weights.
 
-    python -m fanout.tiny_model models/tiny-random-gpt2 --layers 2 --width 64
+    python -m fanout.tools.tiny_model models/tiny-random-gpt2 --layers 2 --width 64
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fanout.tokenizer import EOS, VOCAB_SIZE, write_gpt2_tokenizer
+from fanout.tools.tokenizer import EOS, VOCAB_SIZE, write_gpt2_tokenizer
 
 
 def make_tiny_model(folder: Path, layers: int = 2, width: int = 64, heads: int = 2,
@@ -33,7 +33,7 @@ def make_tiny_model(folder: Path, layers: int = 2, width: int = 64, heads: int =
     (folder / "README.md").write_text(
         f"Randomly initialised GPT-2 ({layers} layers, width {width}, window {window}, "
         f"seed {seed}) with GPT-2's tokenizer ({EOS} = {eos_id}). Writes gibberish; made "
-        "by `python -m fanout.tiny_model` for tests and timing.\n")
+        "by `python -m fanout.tools.tiny_model` for tests and timing.\n")
     return folder
 
 

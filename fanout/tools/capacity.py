@@ -32,11 +32,11 @@ from typing import Any
 import psutil
 import yaml
 
+from fanout.launch.memory_fit import DeviceFit, describe_fit, fit_report, gpu_memory, nvidia_smi
+from fanout.launch.serve import running_tiers
 from fanout.layout import FRONT_BIND_ENV, Layout, Pool, load_layout, load_layout_or_exit
-from fanout.load import LoadResult, Record, run_load
-from fanout.memory_fit import DeviceFit, describe_fit, fit_report, gpu_memory, nvidia_smi
 from fanout.ports import free_port
-from fanout.serve import running_tiers
+from fanout.tools.load import LoadResult, Record, run_load
 
 MiB = 2**20
 CONTEXT = ("In his address to the Congress, the President spoke of the state of the "

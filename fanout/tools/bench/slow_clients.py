@@ -30,11 +30,11 @@ from typing import Any
 import requests
 import yaml
 
+from fanout.launch.serve import running_tiers
 from fanout.layout import Layout, load_layout
 from fanout.ports import free_port
-from fanout.serve import running_tiers
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 HOSTILE_ADDRESS = "127.0.0.2"
 TAB = {"context": "The nation", "n_samples": 3, "length": 2}
 # (name, idle connections, header tricklers, body tricklers): the four cases.

@@ -11,8 +11,7 @@ import psutil
 import pytest
 import yaml
 
-from fanout.layout import GenerationLimits, Model, load_layout
-from fanout.memory_fit import (
+from fanout.launch.memory_fit import (
     CPU_WORKER_OVERHEAD,
     CTRANSLATE2_CPU_WORKER_OVERHEAD,
     CUDA_WORKER_OVERHEAD,
@@ -25,6 +24,7 @@ from fanout.memory_fit import (
     oversubscription_warnings,
     replica,
 )
+from fanout.layout import GenerationLimits, Model, load_layout
 from tests.conftest import LayoutFactory, layout_document
 
 GPT2_SMALL = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,

@@ -5,7 +5,7 @@ parsing, slot board, health); only the generator is replaced, so a fan-out again
 measures the front, the HTTP hops and the worker's request handling, and no generation.
 
     FANOUT_POOL=small gunicorn -c python:worker_api.gunicorn_conf \
-        'benchmarks.instant_worker:get_app()'
+        'fanout.tools.bench.instant_worker:get_app()'
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ editor's Tab, unseeded, never pays.
 Besides each row's ``x floor`` (against the same engine's floor), the report compares
 fan-out on CTranslate2 with both floors and gives the resident memory of one worker
 per engine (``comparisons``). The front's own overhead is measured separately against
-a worker tier that answers at once (``benchmarks.instant_worker``).
+a worker tier that answers at once (``fanout.tools.bench.instant_worker``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,12 @@ import psutil
 import requests
 import yaml
 
-from benchmarks.inprocess import (
+from fanout.launch.serve import Supervisor, running_tiers
+from fanout.launch.tiers import tiers
+from fanout.layout import QUANTIZATIONS, Layout, load_layout
+from fanout.params import GenerationParams
+from fanout.ports import free_port
+from fanout.tools.bench.inprocess import (
     TRANSFORMERS,
     EngineChoice,
     Job,
@@ -61,15 +66,10 @@ from benchmarks.inprocess import (
     sample_params,
     start_processes,
 )
-from fanout.capacity import CONTEXT
-from fanout.layout import QUANTIZATIONS, Layout, load_layout
-from fanout.load import percentile as load_percentile
-from fanout.params import GenerationParams
-from fanout.ports import free_port
-from fanout.serve import Supervisor, running_tiers
-from fanout.tiers import tiers
+from fanout.tools.capacity import CONTEXT
+from fanout.tools.load import percentile as load_percentile
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 GPT2_SMALL_SIZED = REPO / ".cache" / "models" / "gpt2-124m-random"
 DEFAULT_MODELS = (REPO / "models" / "small", REPO / "models" / "medium", GPT2_SMALL_SIZED)
 START_SECONDS = 300.0
@@ -216,9 +216,7 @@ def running(layout: Layout, worker_app: str | None = None) -> Iterator[Superviso
     pool's app for a stand-in."""
     tier_list = tiers(layout)
     if worker_app is not None:
-        # benchmarks/ is not installed with the package: point gunicorn at the checkout.
-        tier_list = [replace(tier, argv=(*tier.argv[:-1], "--pythonpath", str(REPO),
-                                         worker_app))
+        tier_list = [replace(tier, argv=(*tier.argv[:-1], worker_app))
                      if tier.name.startswith("pool-") else tier for tier in tier_list]
     with running_tiers(layout, layout.source.parent / "tiers.log", START_SECONDS,
                        tier_list) as supervisor:
@@ -264,7 +262,7 @@ def front_overhead(work: Workload, requests_count: int) -> dict[str, Any]:
     """The front's cost: a fan-out of n against workers that answer at once."""
     with tempfile.TemporaryDirectory(prefix="fanout-bench-") as directory:
         layout = bench_layout(None, work, Path(directory))
-        with running(layout, "benchmarks.instant_worker:get_app()"), \
+        with running(layout, "fanout.tools.bench.instant_worker:get_app()"), \
                 client_session() as session:
             front = replace(work, requests=requests_count, warmup=20)
             inside: list[float] = []  # the front's own clock: body read to answer built
@@ -340,7 +338,7 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def ensure_gpt2_small_sized(folder: Path) -> Path:
     """GPT-2 small's shape (124M parameters), random weights: fair for timing."""
-    from fanout.tiny_model import ensure_tiny_model
+    from fanout.tools.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model(folder, layers=12, width=768, heads=12, window=1024)
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fetch_model.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "fetch_model.py"
 
 
 def run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

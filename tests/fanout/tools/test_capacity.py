@@ -6,7 +6,9 @@ import csv
 import json
 from pathlib import Path
 
-from fanout.capacity import (
+from fanout.launch.memory_fit import fit_report
+from fanout.layout import load_layout
+from fanout.tools.capacity import (
     BUSY,
     MAX_DEFAULT_WORKERS,
     Settings,
@@ -20,9 +22,7 @@ from fanout.capacity import (
     table,
     write_reports,
 )
-from fanout.layout import load_layout
-from fanout.load import LoadResult, Record
-from fanout.memory_fit import fit_report
+from fanout.tools.load import LoadResult, Record
 from tests.conftest import LayoutFactory
 
 SETTINGS = Settings(users=4, think=0.5, duration=10.0, warmup=1.0, slo_p95=1.0, length=20,

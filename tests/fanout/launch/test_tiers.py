@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fanout.launch.tiers import procfile, tiers
 from fanout.layout import DEFAULT_LAYOUT, load_layout
-from fanout.tiers import procfile, tiers
 from tests.conftest import LayoutFactory
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_one_tier_per_pool_then_the_front_then_its_edge(write_layout: LayoutFactory) -> None:
@@ -26,7 +26,7 @@ def test_one_tier_per_pool_then_the_front_then_its_edge(write_layout: LayoutFact
     assert "worker_api.app:get_app()" in started[0].argv
     # The front listens behind the edge; the edge where the front's clients connect.
     assert started[2].health_url == "http://127.0.0.1:9001/health"
-    assert started[3].argv == ("python", "-m", "fanout.edge")
+    assert started[3].argv == ("python", "-m", "fanout.launch.edge")
     assert started[3].health_url == f"{layout.front.bind.url}/health"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from fanout.tokenizer import VOCAB_SIZE, write_gpt2_tokenizer
+from fanout.tools.tokenizer import VOCAB_SIZE, write_gpt2_tokenizer
 
 
 @pytest.fixture(scope="module")
