@@ -12,12 +12,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fanout.layout import GenerationDefaults, GenerationLimits
+from fanout.protocol import GenerationParams
 
 # Bounds that are the same for every layout; GET /openapi.json publishes them too.
 MAX_SEED = 2**63 - 1
 MAX_TEMPERATURE = 100.0
 MAX_TOP_K = 1_000_000
 MAX_CONTEXT_TOKENS = 1_000_000
+MAX_LOGPROBS = 5  # alternatives per position, as OpenAI allows
+MAX_PENALTY = 2.0  # presence and frequency penalties lie in -2..2 (OpenAI)
+MAX_LOGIT_BIAS = 100.0
+MAX_TOKEN_ID = 2**31 - 1  # a token id the worker can hold; the vocabulary decides the rest
 # An error repeats a bad value up to this many characters: 10**4000 is no message.
 _SHOWN_CHARS = 40
 
@@ -28,63 +33,6 @@ class ParamError(ValueError):
     def __init__(self, field: str, reason: str, status: int = 400) -> None:
         super().__init__(f"{field}: {reason}")
         self.field, self.reason, self.status = field, reason, status
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """One sample's worth of work for a worker: the body of ``POST /generate``.
-
-    The contract between the tiers: the front builds it, ``to_json`` is what it sends,
-    ``parse_generation`` is what the worker reads back. Fields at their neutral value are
-    not sent, so a worker that predates a field still takes requests that do not use it.
-    """
-
-    context: str
-    length: int  # new tokens; 0 only with echo (score the context, generate nothing)
-    temperature: float
-    top_k: int
-    top_p: float
-    max_time: float
-    max_tokens: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()  # generation ends at the first of these, which is cut off
-    # Neither end of text nor a stop sequence ends a completion before this many tokens
-    # (vLLM's min_tokens); 0 is no minimum.
-    min_tokens: int = 0
-    # The context as token ids (an OpenAI prompt sent as ids): used instead of ``context``.
-    context_ids: tuple[int, ...] | None = None
-    # Log-probabilities of the chosen tokens, with this many likeliest alternatives (0-5)
-    # per position; None: none reported.
-    logprobs: int | None = None
-    # Report the context too: its text and, with ``logprobs``, its tokens' log-probabilities.
-    echo: bool = False
-    # OpenAI's penalties on tokens already in the completion: a token's logit loses
-    # frequency_penalty x its count so far, and presence_penalty once it has appeared.
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    # Added to a token's logit before sampling: (token id, bias) pairs, bias in -100..100.
-    logit_bias: tuple[tuple[int, float], ...] = ()
-
-    # Shallow on purpose: every field is a scalar or a tuple, and asdict's deep copy was a
-    # visible share of the front's per-sample cost.
-    def to_json(self) -> dict[str, Any]:
-        body = {k: v for k, v in vars(self).items() if v != _NEUTRAL.get(k, ())}
-        if self.logit_bias:
-            body["logit_bias"] = {str(token): bias for token, bias in self.logit_bias}
-        return body
-
-    def with_seed(self, seed: int | None) -> GenerationParams:
-        return replace(self, seed=seed)
-
-
-# The fields to_json leaves out at these values (and any field at None or ()).
-_NEUTRAL: dict[str, Any] = {"max_tokens": None, "seed": None, "min_tokens": 0,
-                            "context_ids": None, "logprobs": None, "echo": False,
-                            "presence_penalty": 0.0, "frequency_penalty": 0.0}
-MAX_LOGPROBS = 5  # alternatives per position, as OpenAI allows
-MAX_PENALTY = 2.0  # presence and frequency penalties lie in -2..2 (OpenAI)
-MAX_LOGIT_BIAS = 100.0
-MAX_TOKEN_ID = 2**31 - 1  # a token id the worker can hold; the vocabulary decides the rest
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from urllib3.connection import HTTPConnection
 
 from fanout.layout import Pool
 from fanout.observe import REQUEST_ID_HEADER, current_request_id, note
-from fanout.params import AutocompleteRequest, GenerationParams
+from fanout.params import AutocompleteRequest
+from fanout.protocol import GenerationParams, StreamPiece, WorkerCompletion, decode_line
 from frontend_api.hosts import Host, HostSet, HostWatcher
 from frontend_api.metrics import SAMPLE_FAILURES, SAMPLE_RETRIES, SAMPLES
 
@@ -88,34 +89,17 @@ class _Unreachable(Exception):
 _Result = TypeVar("_Result")
 
 
-@dataclass(frozen=True)
-class Sample:
+@dataclass(frozen=True, kw_only=True)
+class Sample(WorkerCompletion):
     """One completion as a worker returned it, plus the round trip seen by the front."""
 
-    text: str
-    time: float
     round_trip: float
-    tokens: int
-    finish_reason: str
-    seed: int | None  # None: the engine cannot replay it (a ctranslate2 pool, unseeded)
-    worker: dict[str, Any]
-    context_tokens: int = 0  # the prompt tokens the worker fed the model
-    # Only when asked (GenerationParams.logprobs / echo): OpenAI's logprobs object for the
-    # prompt's tokens (echo) then the completion's, their sum over the completion, and the
-    # prompt's text as the worker fed it.
-    logprobs: dict[str, Any] | None = None
-    cumulative_logprob: float | None = None
-    prompt_text: str | None = None
 
-
-@dataclass(frozen=True)
-class Piece:
-    """A streamed sample's next text, with its tokens' logprobs when asked; the first piece
-    of an echoed sample carries the prompt's text instead."""
-
-    text: str
-    logprobs: dict[str, Any] | None = None
-    prompt_text: str | None = None
+    @staticmethod
+    def arrived(completion: WorkerCompletion, round_trip: float, host: str) -> Sample:
+        # The worker knows its pid and slot, not the address the front reached it on.
+        return Sample(**{**vars(completion), "worker": {**completion.worker, "host": host}},
+                      round_trip=round_trip)
 
 
 @dataclass(frozen=True)
@@ -128,7 +112,7 @@ class Failure:
 
 
 # One event of a streamed request: a sample's next text, its end, or its failure.
-Streamed = tuple[int, Piece | Sample | Failure]
+StreamEvent = tuple[int, StreamPiece | Sample | Failure]
 
 
 @dataclass(frozen=True)
@@ -355,14 +339,15 @@ class FanoutClient:
         if response.status_code != 200 or not isinstance(body, dict):
             raise _upstream_error(pool, response.status_code, body)
         try:
-            return _sample(body, time.monotonic() - started, host)
+            completion = WorkerCompletion.from_json(body)
         except KeyError as missing:
             raise WorkerTierError(502, "Worker tier error",
                                   f"pool {pool.name!r} answered without {missing}") from None
+        return Sample.arrived(completion, time.monotonic() - started, host.url)
 
-    def stream(self, request: AutocompleteRequest) -> Generator[Streamed, None, None]:
+    def stream(self, request: AutocompleteRequest) -> Generator[StreamEvent, None, None]:
         """Every sample's text as its worker generates it, in arrival order: ``(index,
-        Piece)`` pieces, then ``(index, Sample)`` or ``(index, Failure)`` for each sample.
+        StreamPiece)`` pieces, then ``(index, Sample)`` or ``(index, Failure)`` for each sample.
 
         Samples still out at the deadline end as 504 failures; closing the iterator early
         (the client left) cuts their connections, so their workers stop. A sample whose
@@ -370,7 +355,7 @@ class FanoutClient:
         """
         pool = self.pools[request.model_size]
         deadline = time.monotonic() + request.params.max_time + self.network_slack
-        events: queue.Queue[Streamed] = queue.Queue()
+        events: queue.Queue[StreamEvent] = queue.Queue()
         cutters = [_Cutter() for _ in range(request.n_samples)]
         # Read before the first yield, while the request that asked for the stream is served.
         request_id = current_request_id()
@@ -385,7 +370,7 @@ class FanoutClient:
                     index, item = events.get(timeout=remaining)
                 except queue.Empty:
                     break
-                if not isinstance(item, Piece):
+                if not isinstance(item, StreamPiece):
                     open_samples.discard(index)
                 if isinstance(item, Failure) and item.status in (502, 504):
                     # as in complete(): a refusal (4xx) or a pool down (503) is the request's
@@ -401,7 +386,7 @@ class FanoutClient:
             yield index, Failure(index, 504, "no answer before the deadline")
 
     def _stream_sample(self, pool: Pool, params: GenerationParams, index: int,
-                       deadline: float, cutter: _Cutter, put: Callable[[Streamed], None],
+                       deadline: float, cutter: _Cutter, put: Callable[[StreamEvent], None],
                        request_id: str | None = None) -> None:
         try:
             self._on_some_host(pool, lambda host: self._stream_on(
@@ -410,7 +395,7 @@ class FanoutClient:
             put((index, _failure(index, down)))
 
     def _stream_on(self, host: Host, pool: Pool, params: GenerationParams, index: int,
-                   deadline: float, cutter: _Cutter, put: Callable[[Streamed], None],
+                   deadline: float, cutter: _Cutter, put: Callable[[StreamEvent], None],
                    request_id: str | None) -> None:
         """One sample streamed from ``host``; raises _Unreachable only before any event."""
         started = time.monotonic()
@@ -425,13 +410,13 @@ class FanoutClient:
                     put((index, _failure(index, error)))
                     return
                 for line in response.iter_lines():
-                    body = json.loads(line) if line else {}
-                    if body.get("done"):
-                        put((index, _sample(body, time.monotonic() - started, host)))
+                    item = decode_line(line)
+                    if isinstance(item, WorkerCompletion):
+                        put((index, Sample.arrived(item, time.monotonic() - started,
+                                                   host.url)))
                         return
-                    if body.get("text") or "prompt_text" in body or body.get("logprobs"):
-                        put((index, Piece(str(body.get("text", "")), body.get("logprobs"),
-                                          body.get("prompt_text"))))
+                    if item is not None:
+                        put((index, item))
             put((index, Failure(index, 502, f"pool {pool.name!r}: a worker's stream ended "
                                             "before its sample did")))
         except requests.ConnectTimeout:
@@ -514,17 +499,6 @@ class FanoutClient:
         self.watcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.session.close()
-
-
-def _sample(body: dict[str, Any], round_trip: float, host: Host) -> Sample:
-    # The worker knows its pid and slot, not the address the front reached it on.
-    return Sample(text=body["text"], time=body["time"], round_trip=round_trip,
-                  tokens=body["tokens"], finish_reason=body["finish_reason"],
-                  seed=body["seed"], worker={**body["worker"], "host": host.url},
-                  context_tokens=int(body.get("context_tokens", 0)),
-                  logprobs=body.get("logprobs"),
-                  cumulative_logprob=body.get("cumulative_logprob"),
-                  prompt_text=body.get("prompt_text"))
 
 
 def _status(ready: int, workers: int) -> str:

@@ -24,9 +24,16 @@ from fanout.http import JSON_TYPE, FieldError, read_json, serialize_error
 from fanout.layout import Layout
 from fanout.params import CompletionRequest, parse_completion
 from fanout.peer import client_gone_check
+from fanout.protocol import LogprobsJson, StreamPiece
 from frontend_api.admission import Admission
-from frontend_api.fanout import POOL_DOWN_RETRY_AFTER, Piece, WorkerTierError
-from frontend_api.resources import Failure, Fanout, Sample, StreamEvent
+from frontend_api.fanout import (
+    POOL_DOWN_RETRY_AFTER,
+    Failure,
+    Sample,
+    StreamEvent,
+    WorkerTierError,
+)
+from frontend_api.resources import Fanout
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +140,7 @@ def _events(first: StreamEvent, rest: Iterator[StreamEvent],
                 "choices": choices, **extra}
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
-    def part(index: int, text: str, new_entries: dict[str, Any] | None,
+    def part(index: int, text: str, new_entries: LogprobsJson | None,
              finish_reason: str | None) -> bytes:
         shown = new_entries if parsed.logprobs is not None else None
         if new_entries is not None:
@@ -148,7 +155,7 @@ def _events(first: StreamEvent, rest: Iterator[StreamEvent],
         return prompt_text or ""
 
     for index, item in itertools.chain([first], rest):
-        if isinstance(item, Piece):  # a worker streams each entry once, with its text
+        if isinstance(item, StreamPiece):  # a worker streams each entry once, with its text
             yield part(index, prompt(index, item.prompt_text) + item.text, item.logprobs,
                        None)
         elif isinstance(item, Failure):
@@ -200,10 +207,12 @@ def _usage(per_prompt: int, samples: Mapping[int, Sample]) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _entries(logprobs: dict[str, Any], start: int) -> dict[str, Any]:
+def _entries(logprobs: LogprobsJson, start: int) -> LogprobsJson:
     """OpenAI's logprobs object from entry ``start`` on."""
-    return {key: values[start:] if isinstance(values, list) else values
-            for key, values in logprobs.items()}
+    return {"tokens": logprobs["tokens"][start:],
+            "token_logprobs": logprobs["token_logprobs"][start:],
+            "top_logprobs": logprobs["top_logprobs"][start:],
+            "text_offset": logprobs["text_offset"][start:]}
 
 
 class Models:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import falcon
 
@@ -14,57 +14,7 @@ from fanout.layout import Layout
 from fanout.params import AutocompleteRequest, parse_autocomplete
 from fanout.peer import client_gone_check
 from frontend_api.admission import Admission
-from frontend_api.fanout import Piece
-
-
-class Sample(Protocol):
-    """One completion gathered by the fan-out (``frontend_api.fanout.Sample``)."""
-
-    @property
-    def text(self) -> str: ...
-    @property
-    def round_trip(self) -> float: ...
-    @property
-    def tokens(self) -> int: ...
-    @property
-    def finish_reason(self) -> str: ...
-    @property
-    def seed(self) -> int | None: ...
-    @property
-    def worker(self) -> dict[str, Any]: ...
-    @property
-    def context_tokens(self) -> int: ...
-    @property
-    def logprobs(self) -> dict[str, Any] | None: ...
-    @property
-    def cumulative_logprob(self) -> float | None: ...
-    @property
-    def prompt_text(self) -> str | None: ...
-
-
-@runtime_checkable  # a stream's events are told apart with isinstance
-class Failure(Protocol):
-    """A sample that did not arrive (``frontend_api.fanout.Failure``)."""
-
-    @property
-    def index(self) -> int: ...
-    @property
-    def status(self) -> int: ...
-    @property
-    def reason(self) -> str: ...
-
-
-# A streamed sample's next text, its end, or its failure; with the sample's index.
-StreamEvent = tuple[int, Piece | Sample | Failure]
-
-
-class Gathered(Protocol):
-    """A request's samples and failures (``frontend_api.fanout.Gathered``)."""
-
-    @property
-    def samples(self) -> Sequence[Sample]: ...
-    @property
-    def failed(self) -> Sequence[Failure]: ...
+from frontend_api.fanout import Gathered, StreamEvent
 
 
 class Fanout(Protocol):

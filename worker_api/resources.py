@@ -12,8 +12,9 @@ import falcon
 
 from fanout.http import read_json
 from fanout.layout import GenerationDefaults, GenerationLimits, Pool, Slot
-from fanout.params import GenerationParams, ParamError, parse_generation
+from fanout.params import ParamError, parse_generation
 from fanout.peer import client_gone_check
+from fanout.protocol import NDJSON_TYPE, GenerationParams, StreamPiece, encode_line
 from worker_api.engines.base import Completion, Piece
 
 
@@ -61,9 +62,6 @@ class WorkerIdentity:
                 "pool": self.pool.name}
 
 
-NDJSON_TYPE = "application/x-ndjson"
-
-
 class Generate:
     def __init__(self, model: Generator, identity: WorkerIdentity,
                  defaults: GenerationDefaults, limits: GenerationLimits,
@@ -79,7 +77,7 @@ class Generate:
         # client left): generation stops too, so the worker is free for live requests.
         done = self.model.generate(params, abandoned=client_gone_check(req.env))
         self.completed(done)
-        resp.media = {**completion_json(done), "worker": self.identity.as_json()}
+        resp.media = done.to_wire(self.identity.as_json()).to_json()
 
     def on_post_stream(self, req: falcon.Request, resp: falcon.Response) -> None:
         """``POST /generate/stream``: the same completion as NDJSON, text as it comes
@@ -97,27 +95,12 @@ class Generate:
                rest: Iterator[str | Piece | Completion]) -> Iterator[bytes]:
         for piece in itertools.chain([first], rest):
             if isinstance(piece, str):
-                yield json.dumps({"text": piece}).encode() + b"\n"
+                yield encode_line(StreamPiece(piece))
             elif isinstance(piece, Piece):
-                yield json.dumps(piece.as_json()).encode() + b"\n"
+                yield encode_line(piece.to_wire())
             else:
                 self.completed(piece)
-                yield json.dumps({"done": True, **completion_json(piece),
-                                  "worker": self.identity.as_json()}).encode() + b"\n"
-
-
-def completion_json(done: Completion) -> dict[str, Any]:
-    """The answer's fields: the same on ``/generate`` and a stream's last line."""
-    body: dict[str, Any] = {
-        "text": done.text, "tokens": done.tokens, "finish_reason": done.finish_reason,
-        "time": round(done.time, 4), "seed": done.seed,
-        "context_tokens": done.context_tokens}
-    if done.prompt_text is not None:
-        body["prompt_text"] = done.prompt_text
-    if done.logprobs is not None:
-        body["logprobs"] = done.logprobs.as_json()
-        body["cumulative_logprob"] = done.logprobs.cumulative
-    return body
+                yield encode_line(piece.to_wire(self.identity.as_json()))
 
 
 class Health:

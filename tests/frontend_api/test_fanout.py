@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from fanout.layout import Bind, Model, Pool, Slot
-from fanout.params import AutocompleteRequest, GenerationParams
+from fanout.params import AutocompleteRequest
 from fanout.peer import peer_gone
 from fanout.ports import free_port
+from fanout.protocol import GenerationParams
 from frontend_api.fanout import ClientGone, FanoutClient, WorkerTierError
 
 # (status, body) for one /generate request, given its JSON body; DROP closes the

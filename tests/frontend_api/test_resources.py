@@ -14,10 +14,11 @@ import falcon.testing
 import pytest
 
 from fanout.layout import Layout, load_layout
-from fanout.params import AutocompleteRequest, GenerationParams
+from fanout.params import AutocompleteRequest
+from fanout.protocol import GenerationParams, StreamPiece
 from frontend_api.access import read_api_keys
 from frontend_api.app import create_app
-from frontend_api.fanout import Failure, Gathered, Piece, Sample, WorkerTierError
+from frontend_api.fanout import Failure, Gathered, Sample, WorkerTierError
 from tests.conftest import LayoutFactory
 
 
@@ -59,14 +60,14 @@ class EchoFanout:
         return {"prompt": "".join(chr(t) for t in body["tokens"])}
 
     def stream(self, request: AutocompleteRequest) -> Generator[
-            tuple[int, Piece | Sample | Failure], None, None]:
+            tuple[int, StreamPiece | Sample | Failure], None, None]:
         gathered = self.complete(request, lambda: False)
         for sample in gathered.samples:
             index = sample.worker["slot"]
             if sample.prompt_text is not None:  # echo: the prompt first, as a worker does
-                yield index, Piece("", None, sample.prompt_text)
-            yield index, Piece(sample.text[:1])
-            yield index, Piece(sample.text[1:])
+                yield index, StreamPiece("", None, sample.prompt_text)
+            yield index, StreamPiece(sample.text[:1])
+            yield index, StreamPiece(sample.text[1:])
             yield index, sample
         for failure in gathered.failed:
             yield failure.index, failure

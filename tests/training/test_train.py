@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fanout.layout import Model
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from training.train import PRESETS, Trainer, learning_rate
 from worker_api.engines.transformers_engine import TransformersEngine
 

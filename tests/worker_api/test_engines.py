@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from fanout.layout import Model
-from fanout.params import GenerationParams, ParamError
+from fanout.params import ParamError
+from fanout.protocol import GenerationParams
 from tests.worker_api.conftest import ENGINES, load
 from worker_api.engines.base import Completion, Engine
 

@@ -9,7 +9,7 @@ import pytest
 
 from fanout.layout import Model
 from fanout.model_files import ModelLoadError
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from worker_api.engines.transformers_engine import TransformersEngine
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fanout.layout import Model
-from fanout.params import GenerationParams, ParamError
+from fanout.params import ParamError
+from fanout.protocol import GenerationParams
 from tests.worker_api.conftest import ENGINES, load
 from tests.worker_api.test_engines import params
 from worker_api.engines.base import Completion, Decoding, Engine, Piece

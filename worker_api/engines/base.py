@@ -33,7 +33,8 @@ from typing import Any
 import psutil
 
 from fanout.model_files import ModelLoadError
-from fanout.params import MAX_SEED, GenerationParams, ParamError
+from fanout.params import MAX_SEED, ParamError
+from fanout.protocol import GenerationParams, StreamPiece, WorkerCompletion
 from worker_api.engines.logprobs import (
     Entry,
     Logprobs,
@@ -69,6 +70,15 @@ class Completion:
     prompt_text: str | None = None  # with echo
     logprobs: Logprobs | None = None  # with logprobs
 
+    def to_wire(self, worker: dict[str, Any]) -> WorkerCompletion:
+        """The completion as the worker answers it (``worker``: who answered)."""
+        return WorkerCompletion(
+            text=self.text, time=self.time, tokens=self.tokens,
+            finish_reason=self.finish_reason, seed=self.seed, worker=worker,
+            context_tokens=self.context_tokens, prompt_text=self.prompt_text,
+            logprobs=None if self.logprobs is None else entries_json(self.logprobs.entries),
+            cumulative_logprob=None if self.logprobs is None else self.logprobs.cumulative)
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -79,13 +89,10 @@ class Piece:
     logprobs: tuple[Entry, ...] | None = None
     prompt_text: str | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        line: dict[str, Any] = {"text": self.text}
-        if self.prompt_text is not None:
-            line["prompt_text"] = self.prompt_text
-        if self.logprobs is not None:
-            line["logprobs"] = entries_json(self.logprobs)
-        return line
+    def to_wire(self) -> StreamPiece:
+        return StreamPiece(self.text, prompt_text=self.prompt_text,
+                           logprobs=None if self.logprobs is None
+                           else entries_json(self.logprobs))
 
 
 @dataclass(frozen=True)

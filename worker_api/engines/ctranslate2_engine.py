@@ -43,7 +43,7 @@ from tokenizers import Tokenizer
 from fanout.convert import MANIFEST, read_manifest
 from fanout.layout import Model
 from fanout.model_files import ModelLoadError
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from worker_api.engines.base import Engine, bans, is_greedy, reshapes_logits
 from worker_api.engines.logprobs import Scored
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from fanout.protocol import LogprobsJson
 
 # What a byte-level BPE decodes half of a multi-byte character to, until the rest comes.
 PARTIAL_CHARACTER = "\ufffd"
@@ -54,11 +55,8 @@ class Logprobs:
         """The completion's log-probability (the front ranks best_of samples by it)."""
         return sum(e.logprob for e in self.entries[self.prompt:] if e.logprob is not None)
 
-    def as_json(self) -> dict[str, list[Any]]:
-        return entries_json(self.entries)
 
-
-def entries_json(entries: Sequence[Entry]) -> dict[str, list[Any]]:
+def entries_json(entries: Sequence[Entry]) -> LogprobsJson:
     """OpenAI's ``logprobs`` object: four lists, one item per token."""
     return {"tokens": [e.token for e in entries],
             "token_logprobs": [e.logprob for e in entries],

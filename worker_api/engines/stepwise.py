@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import numpy.typing as npt
 
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from worker_api.engines.base import BAN_BIAS, is_greedy
 from worker_api.engines.logprobs import Scored
 

@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from fanout.layout import Model
 from fanout.model_files import ModelLoadError, model_folder, weights_files
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from worker_api.engines.base import BAN_BIAS, Engine, is_greedy, reshapes_logits
 from worker_api.engines.logprobs import Scored
 
