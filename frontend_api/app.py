@@ -13,7 +13,8 @@ from fanout.layout import Layout, load_layout
 from frontend_api import openai_api
 from frontend_api.access import API_KEYS_ENV, ApiKeys, access_middleware, log_policy, read_api_keys
 from frontend_api.admission import Admission
-from frontend_api.fanout import ClientGone, FanoutClient, WorkerTierError
+from frontend_api.errors import ClientGone, WorkerTierError
+from frontend_api.fanout import FanoutClient
 from frontend_api.forwarded import trusted_proxies
 from frontend_api.metrics import FrontObserver, metrics_page
 from frontend_api.openapi import OpenAPIDocument

@@ -16,20 +16,20 @@ host out of service comes back once ``GET /health`` answers 200: a worker is rea
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urlsplit
-
-import requests
 
 from frontend_api.metrics import HOST_SAMPLES, HOST_UP
+from frontend_api.transport import (
+    HEALTH_TIMEOUT,
+    connection_failure,
+    probe_health,
+    worker_session,
+)
 
 log = logging.getLogger(__name__)
-
-HEALTH_TIMEOUT = 1.0
 
 
 @dataclass
@@ -113,8 +113,7 @@ class HostWatcher:
 
     def __init__(self, host_sets: Mapping[str, HostSet], interval: float) -> None:
         self.host_sets, self.interval = host_sets, interval
-        self.session = requests.Session()
-        self.session.trust_env = False  # our own hosts: no proxy, no .netrc
+        self.session = worker_session()
         self.stopping = threading.Event()
         self.rounds = 0  # checks done, for whoever must know one happened (the tests)
         self._checked = threading.Condition()
@@ -134,7 +133,7 @@ class HostWatcher:
             for host in host_set.in_service():
                 if self.stopping.is_set():
                     return
-                if (failure := self.unreachable(host.url)) is not None:
+                if (failure := connection_failure(host.url)) is not None:
                     host_set.take_out(host, failure)
             for host in host_set.out_of_service():
                 if self.stopping.is_set():
@@ -147,28 +146,10 @@ class HostWatcher:
         with self._checked:
             return self._checked.wait_for(lambda: self.rounds >= count, timeout)
 
-    @staticmethod
-    def unreachable(url: str) -> str | None:
-        """Why a TCP connection to the host's server fails, or None when it opens."""
-        address = urlsplit(url)
-        try:
-            with socket.create_connection((address.hostname, address.port),
-                                          timeout=HEALTH_TIMEOUT):
-                return None
-        except TimeoutError:
-            return "did not accept a connection in time"
-        except ConnectionRefusedError:
-            return "refused the connection"
-        except OSError as error:
-            return f"could not be connected to ({error.strerror or error})"
-
     def ready(self, url: str) -> bool:
         """Whether the host's /health says at least one of its workers is ready."""
-        try:
-            response = self.session.get(f"{url}/health", timeout=HEALTH_TIMEOUT)
-        except requests.RequestException:
-            return False
-        return response.status_code == 200
+        health = probe_health(self.session, url)
+        return health is not None and health.status == 200
 
     def stop(self) -> None:
         self.stopping.set()

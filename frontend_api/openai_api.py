@@ -26,14 +26,9 @@ from fanout.params import CompletionRequest, parse_completion
 from fanout.peer import client_gone_check
 from fanout.protocol import LogprobsJson, StreamPiece
 from frontend_api.admission import Admission
-from frontend_api.fanout import (
-    POOL_DOWN_RETRY_AFTER,
-    Failure,
-    Sample,
-    StreamEvent,
-    WorkerTierError,
-)
+from frontend_api.errors import POOL_DOWN_RETRY_AFTER, WorkerTierError
 from frontend_api.resources import Fanout
+from frontend_api.samples import Failure, Sample, StreamEvent
 
 log = logging.getLogger(__name__)
 

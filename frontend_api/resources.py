@@ -14,11 +14,11 @@ from fanout.layout import Layout
 from fanout.params import AutocompleteRequest, parse_autocomplete
 from fanout.peer import client_gone_check
 from frontend_api.admission import Admission
-from frontend_api.fanout import Gathered, StreamEvent
+from frontend_api.samples import Gathered, StreamEvent
 
 
 class Fanout(Protocol):
-    """What the resources need from the fan-out client (see ``frontend_api.fanout``)."""
+    """What the resources need from the fan-out client (``frontend_api.fanout.FanoutClient``)."""
 
     def complete(self, request: AutocompleteRequest,
                  client_gone: Callable[[], bool]) -> Gathered: ...

@@ -16,7 +16,8 @@ from fanout.params import AutocompleteRequest
 from fanout.peer import peer_gone
 from fanout.ports import free_port
 from fanout.protocol import GenerationParams
-from frontend_api.fanout import ClientGone, FanoutClient, WorkerTierError
+from frontend_api.errors import ClientGone, WorkerTierError
+from frontend_api.fanout import FanoutClient
 
 # (status, body) for one /generate request, given its JSON body; DROP closes the
 # connection without an answer, as a worker killed mid-generation does; HANG answers

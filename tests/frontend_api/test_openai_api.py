@@ -17,7 +17,7 @@ import pytest
 
 from fanout.layout import Layout, load_layout
 from frontend_api.app import create_app
-from frontend_api.fanout import WorkerTierError
+from frontend_api.errors import WorkerTierError
 from tests.conftest import LayoutFactory
 from tests.frontend_api.test_resources import EchoFanout
 
