@@ -32,7 +32,7 @@ RUN groupadd --gid 10001 fanout \
     && mkdir /models /var/cache/fanout \
     && chown fanout:fanout /var/cache/fanout
 
-# nginx for the edge (python -m fanout.launch.edge): the binary only. fanout.launch.edge writes the whole
+# nginx for the edge (python -m fanout edge): the binary only. The edge writes the whole
 # configuration and puts its pid and temporary files in a run dir under /tmp, so uid 10001
 # runs it on a read-only root filesystem (with /tmp writable: a tmpfs or an emptyDir).
 RUN apt-get update \
@@ -62,7 +62,9 @@ COPY deploy/docker/entrypoint.sh /usr/local/bin/fanout-tier
 COPY deploy/docker/healthcheck.py /usr/local/bin/fanout-healthcheck
 
 # The source last. It runs from /app (PYTHONPATH), so the default layout and the models
-# it names resolve next to it. The core package first: the converter below needs it.
+# it names resolve next to it. The fanout package first (its core, its launcher and the
+# `python -m fanout` command; .dockerignore leaves its tools out): the converter below
+# needs it.
 COPY gpu_layout.yaml /app/gpu_layout.yaml
 COPY fanout /app/fanout
 
@@ -76,22 +78,22 @@ COPY fanout /app/fanout
 ENV FANOUT_CACHE_DIR=/opt/fanout/cache
 COPY deploy/docker/gpu_layout.yaml /app/deploy/docker/gpu_layout.yaml
 COPY deploy/docker/gpu_layout.cuda.yaml /app/deploy/docker/gpu_layout.cuda.yaml
-RUN python -m fanout.convert --layout /app/gpu_layout.yaml \
-    && python -m fanout.convert --layout /app/deploy/docker/gpu_layout.yaml \
-    && python -m fanout.convert --layout /app/deploy/docker/gpu_layout.cuda.yaml \
+RUN python -m fanout convert --layout /app/gpu_layout.yaml \
+    && python -m fanout convert --layout /app/deploy/docker/gpu_layout.yaml \
+    && python -m fanout convert --layout /app/deploy/docker/gpu_layout.cuda.yaml \
     && rm -f "$FANOUT_CACHE_DIR"/ctranslate2/*.lock \
     && chmod -R a+rX "$FANOUT_CACHE_DIR"
 
 # The tiers' packages, which the converter does not use (changing them keeps the
 # conversions' layer); compiled now because the root filesystem may be read-only. The
-# build fails unless this nginx accepts what this fanout.launch.edge writes (nginx -t).
+# build fails unless this nginx accepts what this `fanout edge` writes (nginx -t).
 COPY frontend_api /app/frontend_api
 COPY worker_api /app/worker_api
 RUN chmod 0755 /usr/local/bin/fanout-tier /usr/local/bin/fanout-healthcheck \
     && python -m compileall -q /app/fanout /app/frontend_api /app/worker_api \
-    && python -m fanout.layout /app/gpu_layout.yaml \
+    && python -m fanout check /app/gpu_layout.yaml \
     && mkdir /tmp/edge-check \
-    && python -m fanout.launch.edge --print --run-dir /tmp/edge-check > /tmp/edge-check/nginx.conf \
+    && python -m fanout edge --print --run-dir /tmp/edge-check > /tmp/edge-check/nginx.conf \
     && nginx -t -q -e stderr -c /tmp/edge-check/nginx.conf \
     && rm -rf /tmp/edge-check
 

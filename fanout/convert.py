@@ -7,7 +7,7 @@ quantization and the CTranslate2 version: a changed file, another quantization o
 CTranslate2 is another folder, so a stale conversion is never served.
 
 Who converts:
-- ``fanout-convert`` (``python -m fanout.convert``) ahead of time; the container image
+- ``fanout convert`` (``python -m fanout convert``) ahead of time; the container image
   does this at build, so a pod never converts at start-up;
 - the worker tier's gunicorn master, before it forks, when the folder is missing: it runs
   this module as a child process, so the master itself never imports torch or touches
@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fanout.layout import Model, Pool, load_layout_or_exit
+from fanout.layout import Layout, Model, Pool
 from fanout.model_files import ModelLoadError, model_folder, weights_files
 
 CACHE_ENV = "FANOUT_CACHE_DIR"
@@ -105,7 +105,7 @@ def ensure_converted(model: Model, quantization: str) -> tuple[Path, float | Non
         raise ConversionError(
             f"no CTranslate2 conversion of {model.source} ({quantization}) in "
             f"{target.parent}, and it cannot be written there ({error.strerror or error}); "
-            f"run `fanout-convert` where it can (the container image does at build), or "
+            f"run `fanout convert` where it can (the container image does at build), or "
             f"point ${CACHE_ENV} at a writable folder") from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
@@ -188,7 +188,7 @@ def prepare(pool: Pool, layout_source: Path) -> Path:
         raise SystemExit(f"fanout: pool {pool.name}: {error}") from None
     if is_converted(target):
         return target
-    done = subprocess.run([sys.executable, "-m", "fanout.convert", "--layout",
+    done = subprocess.run([sys.executable, "-m", "fanout", "convert", "--layout",
                            str(layout_source), pool.name], check=False)
     if done.returncode != 0 or not is_converted(target):
         raise SystemExit(f"fanout: pool {pool.name}: converting {pool.model.source} for "
@@ -196,19 +196,17 @@ def prepare(pool: Pool, layout_source: Path) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``fanout-convert [--layout FILE] [POOL ...]``: convert the layout's ctranslate2 pools."""
-    parser = argparse.ArgumentParser(prog="fanout-convert", description=main.__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pools", nargs="*", metavar="POOL",
                         help="pools to convert (default: every ctranslate2 pool)")
-    parser.add_argument("--layout", help="layout file (default: $FANOUT_LAYOUT or the "
-                                         "shipped gpu_layout.yaml)")
-    args = parser.parse_args(argv)
-    layout = load_layout_or_exit(args.layout)
+
+
+def run(args: argparse.Namespace, layout: Layout) -> int:
+    """``fanout convert [--layout FILE] [POOL ...]``: convert the layout's ctranslate2 pools."""
     unknown = [name for name in args.pools if name not in layout.pools]
     if unknown:
-        parser.error(f"no pool {unknown[0]!r} in {layout.source} "
-                     f"(pools: {', '.join(layout.pools)})")
+        raise argparse.ArgumentError(None, f"no pool {unknown[0]!r} in {layout.source} "
+                                           f"(pools: {', '.join(layout.pools)})")
     chosen = [layout.pools[name] for name in args.pools] or list(layout.pools.values())
     for pool in chosen:
         if pool.engine != "ctranslate2":
@@ -219,13 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             target, seconds = ensure_converted(pool.model, pool.quantization)
         except (ModelLoadError, ConversionError) as error:
-            print(f"fanout-convert: pool {pool.name}: {error}", file=sys.stderr)
+            print(f"fanout convert: pool {pool.name}: {error}", file=sys.stderr)
             return 2
         how = "cached" if seconds is None else f"converted in {seconds:.1f}s"
         print(f"pool {pool.name}: {pool.model.source} ({pool.quantization}) -> {target} "
               f"({how})")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,6 +6,7 @@ the launcher all import it, and none of them may initialise CUDA.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import re
@@ -580,12 +581,8 @@ def describe(layout: Layout) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m fanout.layout [FILE]``: validate a layout and say what it starts."""
-    args = sys.argv[1:] if argv is None else argv
-    print(describe(load_layout_or_exit(args[0] if args else None)))
+def run(args: argparse.Namespace, layout: Layout) -> int:
+    """``fanout check [LAYOUT]``: the layout is valid (the command loaded it); say what it
+    starts."""
+    print(describe(layout))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

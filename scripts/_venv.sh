@@ -1,7 +1,7 @@
 # Sourced by scripts/serve and scripts/test: make .venv and install the project into it.
 #
-#   ensure_venv ""      # runtime dependencies
-#   ensure_venv test    # plus the test extras
+#   ensure_venv ""                # what serving needs (setup.cfg's install_requires)
+#   ensure_venv test,tools,train  # plus those extras: the tests, fanout's tools, training
 #
 # Idempotent: a stamp records what was installed from which setup.cfg, so a second run
 # costs a hash, not a pip resolve. Environment:

@@ -1,8 +1,8 @@
 """Measure a model folder on the held-out slice: perplexity, unigram baseline, real words.
 
-    .venv/bin/python scripts/eval_model.py models/small [--json models/small/eval.json]
-    .venv/bin/python scripts/eval_model.py models/small --engine ctranslate2 --quantization int8
-    .venv/bin/python scripts/eval_model.py models/small --engine both [--json ...]
+    fanout eval models/small [--json models/small/eval.json]
+    fanout eval models/small --engine ctranslate2 --quantization int8
+    fanout eval models/small --engine both [--json ...]
 
 - held-out perplexity: exp of the mean next-token loss over consecutive, non-overlapping
   windows of the held-out addresses (whole documents the model never trained on);
@@ -12,7 +12,7 @@
   the share found in a standard English word list (Debian's ``wamerican``).
 
 ``--engine ctranslate2`` takes the same two measures as a ``ctranslate2`` pool serves the
-model (converted by ``fanout.convert``, at ``--quantization``): the perplexity from
+model (converted as ``fanout convert`` does, at ``--quantization``): the perplexity from
 CTranslate2's own log-probs on exactly the windows and target tokens above, the samples
 through the worker's engine. ``--engine both`` prints the two side by side with their
 ratio, and its ``--json`` nests the CTranslate2 figures under ``"ctranslate2"``: what the
@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fanout.convert import ensure_converted
 from fanout.layout import Model
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from fanout.tools.tokenizer import VOCAB_SIZE
 from training.tokens import EOS_ID, load_splits
 from worker_api.engines.base import Engine
@@ -209,8 +209,7 @@ def evaluate(folder: Path, cache: Path, word_list: Path, seed: int = 0,
         real_word_share=round(share, 4), words_checked=checked, samples=drawn)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--engine", choices=("transformers", "ctranslate2", "both"),
                         default="transformers",
@@ -224,7 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--word-list", type=Path, default=WORD_LIST)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fanout eval FOLDER``: measure with the engines asked for; print (and --json)."""
     reference = served = None
     if args.engine != "ctranslate2":
         reference = evaluate(args.folder, args.cache, args.word_list, args.seed)
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         print_engine_evaluation(served, reference)
     if args.json:
         args.json.write_text(json.dumps(figures(reference, served), indent=2) + "\n")
+    return 0
 
 
 def figures(reference: Evaluation | None, served: EngineEvaluation | None) -> dict[str, Any]:
@@ -266,6 +269,3 @@ def print_engine_evaluation(served: EngineEvaluation, reference: Evaluation | No
     for drawn in served.samples[::5][:4]:
         print(f"  > {drawn['prompt']}{drawn['completion']}")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,9 @@
 """Write a model folder's MODEL_CARD.md from what training and evaluation measured.
 
-    .venv/bin/python -m training.model_card models/small
+    fanout card models/small
 
 Reads ``training.json`` (written by the trainer's export) and ``eval.json`` (written by
-``scripts/eval_model.py --json``; ``--engine both`` adds the CTranslate2 figures, and the
+``fanout eval --json``; ``--engine both`` adds the CTranslate2 figures, and the
 card a section for them); every figure in the card comes from those two files.
 """
 
@@ -79,12 +79,12 @@ def render(config: dict[str, Any], training: dict[str, Any], evaluation: dict[st
         | seed | {training['seed']} |
         | time | {training['train_seconds'] / 60:.0f} min on {training['device']} (torch {training['torch']}) |
 
-        Reproduce: `.venv/bin/python scripts/train_model.py {training['name']} --seed {training['seed']} --export models/{training['name']} --export-dtype {weights_dtype}`
+        Reproduce: `.venv/bin/fanout train {training['name']} --seed {training['seed']} --export models/{training['name']} --export-dtype {weights_dtype}`
         (resumable: it checkpoints to `runs/{training['name']}/` and continues from there).
 
         ## Evaluation
 
-        Measured by `scripts/eval_model.py models/{training['name']}` on the held-out addresses:
+        Measured by `fanout eval models/{training['name']}` on the held-out addresses:
 
         | | |
         | --- | --- |
@@ -121,9 +121,9 @@ def _served(name: str, evaluation: dict[str, Any]) -> str:
         "",
         f"A pool with `engine: ctranslate2` and `quantization: {quantization}`, as in the shipped "
         "layout, serves",
-        f"a CTranslate2 {served['version']} conversion of these weights (`fanout-convert`). "
+        f"a CTranslate2 {served['version']} conversion of these weights (`fanout convert`). "
         "Measured by",
-        f"`scripts/eval_model.py models/{name} --engine both --quantization {quantization}`: "
+        f"`fanout eval models/{name} --engine both --quantization {quantization}`: "
         "the perplexity",
         "from CTranslate2's log-probs on the same windows and target tokens, the samples drawn",
         "through the worker's engine (the same prompts and sampling, sample i with seed i):",
@@ -145,15 +145,15 @@ def _one_line(text: str) -> str:
     return re.sub(r"\s+", " ", text).rstrip().replace("|", "/")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path)
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fanout card FOLDER``: render the card from the folder's JSON files; print its path."""
     read = lambda name: json.loads((args.folder / name).read_text())  # noqa: E731
     card = render(read("config.json"), read("training.json"), read("eval.json"))
     (args.folder / "MODEL_CARD.md").write_text(card)
     print(args.folder / "MODEL_CARD.md")
+    return 0
 
-
-if __name__ == "__main__":
-    main()

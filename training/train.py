@@ -238,8 +238,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, help="total optimiser steps (preset default)")
     parser.add_argument("--batch-size", type=int)
@@ -260,8 +259,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="export the checkpoint as it is, without training")
     parser.add_argument("--export-dtype", choices=["float32", "float16", "bfloat16"],
                         default="float32")
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
+    """``fanout train NAME``: train (resuming unless --fresh), then export when asked."""
     torch.set_num_threads(args.threads)
     shape, schedule = PRESETS[args.name]
     overrides: dict[str, Any] = {k: v for k, v in {"steps": args.steps, "lr": args.lr,
@@ -279,7 +280,5 @@ def main(argv: list[str] | None = None) -> None:
     if args.export:
         trainer.export(args.export, getattr(torch, args.export_dtype))
         print(f"exported {args.export}")
+    return 0
 
-
-if __name__ == "__main__":
-    main()

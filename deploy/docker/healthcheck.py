@@ -7,8 +7,8 @@ Exits 0 on a 200 and 1 otherwise, as Docker's ``HEALTHCHECK`` expects. The tier 
 (front, edge, pool or serve), else ``pool`` when ``$FANOUT_POOL`` is set, else the one
 that PID 1 runs: one image check serves every container, and behind an edge the front
 and the edge listen on different ports. The address is the tier's in the layout
-(``fanout.launch.tiers``): a pool's bind, the front's ``edge.front_bind`` behind an edge, the
-edge's ``front.bind``; ``serve`` is checked through its edge (or front), which reports
+(``fanout.launch.tiers``): a pool's bind, the front's ``edge.front_bind`` behind an edge,
+the edge's ``front.bind``; ``serve`` is checked through its edge (or front), which reports
 every pool. ``$FANOUT_HEALTH_PORT`` overrides it with ``127.0.0.1:PORT``.
 
 ``--listening`` only checks that the address accepts a connection: a liveness check
@@ -41,13 +41,15 @@ def running_tier(environ: dict[str, str], cmdline: bytes | None = None) -> str:
             return "front"
     # NUL-separated; nginx rewrites its own as one line ("nginx: master process ...").
     words = cmdline.replace(b"\0", b" ").decode(errors="replace").split()
+    commands = set()
     for index, word in enumerate(words[:-1]):
         if os.path.basename(word) == "fanout-tier":  # docker run --init: PID 1 is its init
             return words[index + 1]
-    text = " ".join(words)
-    if "nginx" in text or "fanout.launch.edge" in text:
+        if os.path.basename(word) == "fanout":  # `python -m fanout edge`, `fanout serve`
+            commands.add(words[index + 1])
+    if "nginx" in " ".join(words) or "edge" in commands:
         return "edge"
-    return "serve" if "fanout.launch.serve" in text else "front"
+    return "serve" if "serve" in commands else "front"
 
 
 def health_url(tier: str, environ: dict[str, str] | None = None) -> str:

@@ -1,6 +1,6 @@
 """The edge: nginx in front of the front, configured from the layout and nothing else.
 
-    python -m fanout.edge [--layout FILE] [--print] [--run-dir DIR]
+    fanout edge [--layout FILE] [--print] [--run-dir DIR]
 
 gunicorn's threaded front holds a thread per connection until its request is read, so a
 few slow clients (or a few hundred silent ones) would hold every thread; its deployment
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fanout.layout import Bind, Layout, load_layout_or_exit
+from fanout.layout import Bind, Layout
 
 NGINX_ENV = "FANOUT_NGINX"  # the nginx binary, when it is not on PATH or in /usr/sbin
 INSTALL_HINT = ("install Debian's nginx (apt-get install nginx; scripts/serve does it when "
@@ -122,7 +122,7 @@ def render(layout: Layout, run_dir: Path) -> str:
                                               "scgi")}
     user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
     return f"""\
-# Written by fanout.edge from {layout.source}; change the layout, not this file.
+# Written by `fanout edge` from {layout.source}; change the layout, not this file.
 {user}worker_processes {edge.processes};
 pid {run_dir / "nginx.pid"};
 error_log stderr warn;
@@ -227,17 +227,16 @@ def write_config(layout: Layout, run_dir: Path) -> Path:
     return config
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fanout-edge", description=__doc__.split("\n")[0])
-    parser.add_argument("--layout", help="layout file (default: $FANOUT_LAYOUT, else the "
-                                         "shipped gpu_layout.yaml)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print", action="store_true", help="print the configuration "
                         "(for an nginx or ingress of your own) and exit")
     parser.add_argument("--run-dir", type=Path, help="where the configuration and nginx's "
                         "temporary files go (default: a new temporary directory; printed "
                         "as <tmp>/fanout-edge)")
-    args = parser.parse_args(argv)
-    layout = load_layout_or_exit(args.layout)
+
+
+def run(args: argparse.Namespace, layout: Layout) -> int:
+    """``fanout edge``: print the configuration, or write it and become nginx."""
     if args.print:  # nothing is written: no directory is made for it
         print(render(layout, args.run_dir or Path(tempfile.gettempdir()) / "fanout-edge"),
               end="")
@@ -256,6 +255,3 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     os.execv(nginx, [nginx, "-e", "stderr", "-c", str(config), "-g", "daemon off;"])
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

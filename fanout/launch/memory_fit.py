@@ -1,6 +1,6 @@
 """How many replicas of a pool's model fit on each device of a layout: a torch-free estimate.
 
-    python -m fanout.memory_fit [LAYOUT]
+    fanout fit [LAYOUT]
 
 One replica (one worker) needs its weights, a KV cache for the longest sequence the layout
 lets through, and the runtime's own overhead. The figures come from files and tools the
@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from fanout.layout import GenerationLimits, Layout, Model, Pool, load_layout_or_exit
+from fanout.layout import GenerationLimits, Layout, Model, Pool
 
 MiB = 2**20
 # A CPU worker's memory beyond its weights: the Python interpreter, torch, transformers,
@@ -276,7 +276,7 @@ def oversubscription_warnings(layout: Layout) -> list[str]:
     """One line per device whose slots need more memory than it has."""
     return [f"warning: {fit.device} is oversubscribed: its {_workers_need(len(fit.slots))} "
             f"about {_gib(fit.needed_bytes)} but it has {_gib(fit.total_bytes)} "
-            f"(python -m fanout.memory_fit {layout.source} details it)"
+            f"(fanout fit {layout.source} details it)"
             for fit in fit_report(layout) if fit.oversubscribed]
 
 
@@ -308,15 +308,7 @@ def _gib(value: int | None) -> str:
     return "?" if value is None else f"{value / 2**30:.2f} GiB"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("layout", nargs="?", help="layout file (default: $FANOUT_LAYOUT or "
-                                                  "gpu_layout.yaml)")
-    args = parser.parse_args(argv)
-    layout = load_layout_or_exit(args.layout)
+def run(args: argparse.Namespace, layout: Layout) -> int:
+    """``fanout fit [LAYOUT]``: the estimate for every device of the layout."""
     print(f"memory fit for {layout.source}\n{describe_fit(fit_report(layout))}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

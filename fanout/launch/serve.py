@@ -1,6 +1,6 @@
 """Start every tier of a layout, wait until all are healthy, stop them all on a signal.
 
-    python -m fanout.serve [--layout FILE] [--start-timeout SECONDS] [--only TIER ...]
+    fanout serve [--layout FILE] [--start-timeout SECONDS] [--only TIER ...]
 
 Each tier is a gunicorn master in its own process group, so stopping it reaches its
 workers too; nothing is left behind when this supervisor is interrupted or terminated,
@@ -32,7 +32,6 @@ from fanout.layout import (
     LAYOUT_ENV,
     Layout,
     describe,
-    load_layout_or_exit,
 )
 
 POLL_SECONDS = 0.5
@@ -180,10 +179,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise Stop(signal.Signals(signum).name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run every tier of a fanout layout.")
-    parser.add_argument("--layout", help=f"layout file (default: ${LAYOUT_ENV} or "
-                                         "gpu_layout.yaml)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-timeout", type=float, default=300.0,
                         help="seconds to wait for every worker to be ready (default 300)")
     parser.add_argument("--only", action="append", metavar="TIER",
@@ -191,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                              "pool-NAME); repeatable. On a "
                              "machine that runs one pool for a front elsewhere: --only "
                              "pool-small")
-    args = parser.parse_args(argv)
-    layout = load_layout_or_exit(args.layout)
+
+
+def run(args: argparse.Namespace, layout: Layout) -> int:
+    """``fanout serve``: start the tiers, say how to reach them, stop them on a signal."""
     print(describe(layout), flush=True)
     for warning in oversubscription_warnings(layout):  # an estimate: say so, do not refuse
         print(warning, file=sys.stderr, flush=True)
@@ -234,6 +232,3 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped", flush=True)
     return status
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,10 @@
 """How many workers should a pool run? Measure 1, 2, ... W of them under load and say.
 
-    python -m fanout.capacity --pool small --users 8 --think 1 --slo-p95 2 --out capacity/
-    (or fanout-capacity ..., or scripts/capacity.py ...)
+    fanout capacity --pool small --users 8 --think 1 --slo-p95 2 --out capacity/
 
 For each worker count w it writes a layout holding only that pool, its slots repeated
 cyclically to w, on free loopback ports; starts it with the serve supervisor; warms it
-up; drives a closed-loop load of simulated editor users at the front (fanout.load) for
+up; drives a closed-loop load of simulated editor users at the front (fanout.tools.load) for
 a fixed time while sampling the processes' memory and CPU; and stops everything before
 the next step. It then prints a table, writes capacity.json, capacity.csv and
 capacity.png to --out, and recommends the count with the highest completions/s among
@@ -34,7 +33,7 @@ import yaml
 
 from fanout.launch.memory_fit import DeviceFit, describe_fit, fit_report, gpu_memory, nvidia_smi
 from fanout.launch.serve import running_tiers
-from fanout.layout import FRONT_BIND_ENV, Layout, Pool, load_layout, load_layout_or_exit
+from fanout.layout import FRONT_BIND_ENV, Layout, Pool, load_layout
 from fanout.ports import free_port
 from fanout.tools.load import LoadResult, Record, run_load
 
@@ -484,10 +483,7 @@ def write_reports(out: Path, report: dict[str, Any], steps: list[Step], settings
 
 # --- the command -----------------------------------------------------------------------------
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", help="layout file (default: $FANOUT_LAYOUT or "
-                                         "gpu_layout.yaml)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", help="the pool to size (default: the layout's first)")
     parser.add_argument("--workers", type=int, help="largest worker count to try (default: "
                         "what fits in memory, capped by cores or GPUs; see the JSON)")
@@ -512,7 +508,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("capacity"),
                         help="folder for capacity.json, .csv, .png and the step logs "
                              "(default ./capacity)")
-    return parser.parse_args(argv)
 
 
 def check(args: argparse.Namespace, layout: Layout) -> str | None:
@@ -551,9 +546,8 @@ def measure(layout: Layout, pool: Pool, workers: int, settings: Settings,
     return steps, None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    layout = load_layout_or_exit(args.layout)
+def run(args: argparse.Namespace, layout: Layout) -> int:
+    """``fanout capacity``: measure the steps, write the reports, recommend a count."""
     if problem := check(args, layout):
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -602,6 +596,3 @@ def main(argv: list[str] | None = None) -> int:
           f"wrote {args.out}/capacity.json, capacity.csv, capacity.png", flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Download GPT-2 checkpoints from the model hub into ``models/``, on a host that can.
 
-    scripts/fetch_model.py gpt2 gpt2-medium [--dest models]
+    fanout fetch gpt2 gpt2-medium [--dest models]
 
 Only what fanout serves is fetched (config, safetensors weights, tokenizer files), with
 the hub client's progress bars. Where the hub cannot be reached (``HF_HUB_OFFLINE=1``,
@@ -54,11 +54,13 @@ def fetch(repo_id: str, dest: Path) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="+", help="hub ids, e.g. gpt2 gpt2-medium")
     parser.add_argument("--dest", type=Path, default=REPO / "models")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fanout fetch ID ...``: fetch each model, stopping at the first that cannot be."""
     for repo_id in args.models:
         try:
             print(f"fetched {repo_id} -> {fetch(repo_id, args.dest)}")
@@ -67,6 +69,3 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,10 +1,10 @@
 """A bounded soak: N editor clients against real tiers for a set time, then the books.
 
-    fanout-soak --clients 16 --duration 600 --json docs/soak.json
+    fanout soak --clients 16 --duration 600 --json docs/soak.json
 
 It starts the layout's front and one pool on free loopback ports (like the capacity
 tool), warms them up, records the memory of every process, drives a closed-loop load
-(``fanout.load``; clients honour Retry-After), records memory again, stops everything
+(``fanout.tools.load``; clients honour Retry-After), records memory again, stops everything
 and reports: requests sent and answered, by status; latency percentiles; memory per
 process at start and end. It checks the books balance (every request sent got exactly
 one answer, and the front's count of 503s matches the clients') and exits non-zero when
@@ -34,7 +34,7 @@ import requests
 from tqdm import tqdm
 
 from fanout.launch.serve import Supervisor, running_tiers
-from fanout.layout import FRONT_BIND_ENV, Layout, load_layout_or_exit
+from fanout.layout import FRONT_BIND_ENV, Layout
 from fanout.tools.capacity import CONTEXT, step_layout
 from fanout.tools.load import NO_ANSWER, LoadResult, run_load
 
@@ -193,10 +193,7 @@ def report_text(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layout", help="layout file (default: $FANOUT_LAYOUT or "
-                                         "gpu_layout.yaml)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", help="the pool to soak (default: the layout's first)")
     parser.add_argument("--clients", type=int, default=16,
                         help="concurrent clients (default 16: past the default front's "
@@ -212,16 +209,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="largest memory growth of any process, percent (default 5)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--log", type=Path, help="the tiers' log (default: a temp file)")
-    return parser.parse_args(argv)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    layout = load_layout_or_exit(args.layout)
+def run(args: argparse.Namespace, layout: Layout) -> int:
+    """``fanout soak``: soak, print the books, exit 1 when they do not balance."""
     pool = args.pool or layout.default_pool.name
     if pool not in layout.pools:
         print(f"error: no pool {pool!r} in {layout.source}", file=sys.stderr)
@@ -256,6 +251,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
     return 0 if report["passed"] else 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

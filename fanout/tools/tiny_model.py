@@ -4,7 +4,7 @@ It writes gibberish, but it has GPT-2's architecture, tokenizer and file layout,
 exercises every part of both tiers in tests in seconds, and a GPT-2-sized one (12 layers,
 width 768) is a fair stand-in for timing. Same seed, same weights.
 
-    python -m fanout.tools.tiny_model models/tiny-random-gpt2 --layers 2 --width 64
+    fanout tiny-model models/tiny-random-gpt2 --layers 2 --width 64
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def make_tiny_model(folder: Path, layers: int = 2, width: int = 64, heads: int =
     (folder / "README.md").write_text(
         f"Randomly initialised GPT-2 ({layers} layers, width {width}, window {window}, "
         f"seed {seed}) with GPT-2's tokenizer ({EOS} = {eos_id}). Writes gibberish; made "
-        "by `python -m fanout.tools.tiny_model` for tests and timing.\n")
+        "by `fanout tiny-model` for tests and timing.\n")
     return folder
 
 
@@ -44,8 +44,7 @@ def ensure_tiny_model(folder: Path, **shape: int) -> Path:
     return make_tiny_model(folder, **shape)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--width", type=int, default=64)
@@ -53,12 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite an existing model")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fanout tiny-model FOLDER``: make it (unless there, without --force); print where."""
     shape = {"layers": args.layers, "width": args.width, "heads": args.heads,
              "window": args.window, "seed": args.seed}
     make = make_tiny_model if args.force else ensure_tiny_model
     print(make(args.folder, **shape))
+    return 0
 
-
-if __name__ == "__main__":
-    main()

@@ -21,7 +21,7 @@ IMAGE_APP = "/app"  # where the Dockerfile puts the project inside the image
 IMAGE_MODELS = f"{IMAGE_APP}/models"
 IMAGE_UID = 10001
 # How a build step may run the converter (the image runs the project from source).
-CONVERTERS = (("python", "-m", "fanout.convert"), ("fanout-convert",))
+CONVERTERS = (("python", "-m", "fanout", "convert"), ("fanout", "convert"))
 
 Instruction = dict[str, Any]
 
@@ -44,7 +44,7 @@ def copies(parser: DockerfileParser) -> dict[str, str]:
 
 def build_conversions(parser: DockerfileParser) -> list[tuple[int, str, list[str]]]:
     """(instruction position, layout as an image path, pools named) of every
-    fanout-convert that a RUN of the build runs."""
+    `fanout convert` that a RUN of the build runs."""
     found = []
     for position, item in enumerate(instructions(parser)):
         if item["instruction"] != "RUN":

@@ -105,9 +105,9 @@ def test_it_installs_debians_nginx_for_the_edge_as_root(dockerfile: DockerfilePa
 
 def test_the_build_checks_its_nginx_accepts_the_edges_configuration(
         dockerfile: DockerfileParser) -> None:
-    position = first(dockerfile, "RUN", "fanout.launch.edge")
+    position = first(dockerfile, "RUN", "fanout edge")
     check = instructions(dockerfile)[position]["value"]
-    assert "python -m fanout.launch.edge --print" in check and "nginx -t" in check
+    assert "python -m fanout edge --print" in check and "nginx -t" in check
     assert first(dockerfile, "COPY", "fanout ") < position < first(dockerfile, "USER")
 
 
@@ -195,7 +195,7 @@ def test_the_image_keeps_its_conversions_where_nothing_is_mounted(
 def test_the_build_converts_the_models_before_it_drops_root(
         dockerfile: DockerfileParser) -> None:
     converting = build_conversions(dockerfile)
-    assert converting, "no fanout-convert at build: every pod would convert at start-up"
+    assert converting, "no fanout convert at build: every pod would convert at start-up"
     copied = copies(dockerfile)
     for position, layout, _ in converting:
         # After what it reads: the cache's variable, the models, the layout, the converter.
@@ -251,7 +251,7 @@ def test_the_entry_point_converts_with_fanout_convert(tmp_path: Path) -> None:
     ran = subprocess.run(["sh", str(COMPOSE_DIR / "entrypoint.sh"), "convert", "--help"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.startswith("usage: fanout-convert")
+    assert ran.stdout.startswith("usage: fanout convert")
 
 
 def test_it_exposes_the_ports_of_every_deployment_layout(
@@ -424,7 +424,7 @@ def test_the_health_check_of_a_layout_without_edge(tmp_path: Path) -> None:
          b"frontend_api.app:get_app()\0", "front"),
     ({}, b"nginx: master process /usr/sbin/nginx -e stderr -c /tmp/x/nginx.conf -g daemon "
          b"off;\0", "edge"),
-    ({}, b"python\0-m\0fanout.launch.serve\0", "serve"),
+    ({}, b"python\0-m\0fanout\0serve\0", "serve"),
     # docker run --init: its init is PID 1, with the entry point and the tier as arguments
     ({}, b"/sbin/docker-init\0--\0fanout-tier\0edge\0", "edge"),
     ({POOL_ENV: "small"}, b"python\0-m\0gunicorn\0", "pool"),

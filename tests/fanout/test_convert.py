@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fanout.cli import main
 from fanout.convert import (
     CACHE_ENV,
     MANIFEST,
     ConversionError,
     converted_path,
     ensure_converted,
-    main,
 )
 from fanout.layout import Model
 from fanout.tools.tokenizer import write_gpt2_tokenizer
@@ -69,7 +69,7 @@ def test_a_cache_that_cannot_be_written_says_how_to_convert_ahead(
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     monkeypatch.setenv(CACHE_ENV, str(blocked / "cache"))
-    with pytest.raises(ConversionError, match=r"cannot be written there .*fanout-convert"):
+    with pytest.raises(ConversionError, match=r"cannot be written there .*fanout convert"):
         ensure_converted(model, "int8")
 
 
@@ -99,7 +99,7 @@ def test_two_converters_at_once_convert_once(cache: Path, model: Model,
                                             tmp_path: Path) -> None:
     """Two servers of the same model starting together: the lock makes one wait for the
     other's conversion instead of making its own."""
-    command = [sys.executable, "-m", "fanout.convert", "--layout",
+    command = [sys.executable, "-m", "fanout", "convert", "--layout",
                str(layout_file(tmp_path, model))]
     both = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     said = sorted(process.communicate(timeout=240)[0] for process in both)
@@ -112,11 +112,11 @@ def test_two_converters_at_once_convert_once(cache: Path, model: Model,
 def test_the_command_converts_the_ctranslate2_pools(cache: Path, model: Model, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     layout = str(layout_file(tmp_path, model))
-    assert main(["--layout", layout]) == 0
+    assert main(["convert", "--layout", layout]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"pool small: {model.path} (int8) -> {cache}") and "other" not in out
-    assert main(["--layout", layout, "other"]) == 0
+    assert main(["convert", "--layout", layout, "other"]) == 0
     assert "pool other: engine transformers, nothing to convert" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["--layout", layout, "nope"])
+        main(["convert", "--layout", layout, "nope"])
     assert "no pool 'nope'" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from typing import Any
 
 import falcon
 
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from fanout.tools.bench.instant_worker import stand_in_app
 from worker_api.engines.base import Completion
 

@@ -1,4 +1,4 @@
-"""scripts/bench.py for real, in miniature: every strategy runs on both engines and the
+"""``fanout bench`` for real, in miniature: every strategy runs on both engines and the
 report adds up."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
+BENCH = (sys.executable, "-m", "fanout", "bench")
 STRATEGIES = ["floor", "fan-out", "naive", "multi-worker naive", "batched"]
 ENGINES = {"transformers": STRATEGIES, "ctranslate2": STRATEGIES[:-1]}  # batched: torch's
 
@@ -22,7 +22,7 @@ def test_a_short_bench_reports_every_strategy_consistently(tiny_model_dir: Path,
     n, length, requests = 2, 6, 2
     report = tmp_path / "bench.json"
     run = subprocess.run(
-        [sys.executable, str(BENCH), "--model", str(tiny_model_dir), "--n", str(n),
+        [*BENCH, "--model", str(tiny_model_dir), "--n", str(n),
          "--length", str(length), "--requests", str(requests), "--warmup", "1",
          "--engines", ",".join(ENGINES), "--overhead-requests", "20", "--json", str(report)],
         capture_output=True, text=True, timeout=420)

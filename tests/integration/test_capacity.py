@@ -1,6 +1,6 @@
 """The capacity tool for real: tiny model, 1 and 2 workers, a few seconds each.
 
-Also the memory-fit warning of ``fanout.launch.serve``, which needs a real start-up to show.
+Also the memory-fit warning of ``fanout serve``, which needs a real start-up to show.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.integration.servers import still_running
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "capacity.py"
+CAPACITY = (sys.executable, "-m", "fanout", "capacity")
 
 
 def run_watching_children(argv: list[str], log: Path,
@@ -65,7 +65,7 @@ def test_capacity_measures_each_worker_count_and_recommends_one(
                                            "slots": ["cpu"]}})
     out = tmp_path / "out"
     status, seen = run_watching_children(
-        [sys.executable, str(SCRIPT), "--layout", str(layout), "--workers", "2",
+        [*CAPACITY, "--layout", str(layout), "--workers", "2",
          "--users", "2", "--think", "0.1", "--warmup", "1", "--duration", "3",
          "--length", "8", "--slo-p95", "30", "--out", str(out)], tmp_path / "capacity.log")
     printed = (tmp_path / "capacity.log").read_text()
@@ -113,7 +113,7 @@ def test_serve_warns_when_a_layout_oversubscribes_a_device(tmp_path: Path) -> No
     layout.write_text(f"front: {{bind: '127.0.0.1:{free_port()}'}}\n"
                       f"pools:\n  big: {{model: '{huge}', bind: '127.0.0.1:{free_port()}', "
                       "slots: [cpu, cpu]}\n")
-    result = subprocess.run([sys.executable, "-m", "fanout.launch.serve", "--layout", str(layout)],
+    result = subprocess.run([sys.executable, "-m", "fanout", "serve", "--layout", str(layout)],
                             capture_output=True, text=True, timeout=120)
     assert "warning: cpu is oversubscribed: its 2 workers need about" in result.stderr
     assert result.returncode == 1  # the warning does not stop it; the missing weights do

@@ -126,7 +126,7 @@ def test_a_model_missing_from_the_hub_cache_stops_start_up_with_its_name(
     layout.write_text(f"front: {{bind: '127.0.0.1:{free_port()}'}}\n"
                       f"pools:\n  small: {{model: nobody/missing-model, "
                       f"bind: '127.0.0.1:{free_port()}', slots: [cpu]}}\n")
-    result = subprocess.run([sys.executable, "-m", "fanout.launch.serve", "--layout", str(layout)],
+    result = subprocess.run([sys.executable, "-m", "fanout", "serve", "--layout", str(layout)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "hub model 'nobody/missing-model' is not in the local cache" in result.stderr

@@ -16,7 +16,7 @@ from tests.integration.test_capacity import processes_of
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
+SOAK = (sys.executable, "-m", "fanout", "soak")
 
 
 def test_a_short_soak_balances_its_books(write_layout: LayoutFactory, tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_a_short_soak_balances_its_books(write_layout: LayoutFactory, tmp_path: 
         front={"threads": 3, "max_inflight": 2, "max_queued_samples": 0})
     report_path = tmp_path / "soak.json"
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--layout", str(layout), "--clients", "6",
+        [*SOAK, "--layout", str(layout), "--clients", "6",
          "--duration", "4", "--warmup", "1", "--n-samples", "2", "--length", "5",
          "--json", str(report_path), "--log", str(tmp_path / "tiers.log")],
         capture_output=True, text=True, timeout=180)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from fanout.tools.tokenizer import VOCAB_SIZE
 from tests.conftest import SHIPPED_MODELS
 from training.evaluate import (

@@ -1,1 +1,2 @@
-"""Benchmarks of fanout against the other ways of serving N completions (scripts/bench.py)."""
+"""Benchmarks of fanout against the other ways of serving N completions (`fanout bench`,
+`fanout slow-clients`)."""

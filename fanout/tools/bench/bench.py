@@ -1,6 +1,6 @@
 """The same work under every way of serving it: n completions of L new tokens, one model.
 
-    .venv/bin/python scripts/bench.py [--model DIR ...] [--engines transformers,ctranslate2]
+    fanout bench [--model DIR ...] [--engines transformers,ctranslate2]
         [--n 3] [--length 20] [--json F]
 
 Each strategy runs with each worker engine (``--engines``): ``transformers`` (float32)
@@ -54,8 +54,8 @@ import yaml
 from fanout.launch.serve import Supervisor, running_tiers
 from fanout.launch.tiers import tiers
 from fanout.layout import QUANTIZATIONS, Layout, load_layout
-from fanout.params import GenerationParams
 from fanout.ports import free_port
+from fanout.protocol import GenerationParams
 from fanout.tools.bench.inprocess import (
     TRANSFORMERS,
     EngineChoice,
@@ -395,8 +395,7 @@ def print_comparisons(compared: list[dict[str, Any]]) -> None:
                  if "ctranslate2" in rss else ""))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, action="append",
                         help="model folder (repeatable; default: the shipped small and "
                              "medium, and a random GPT-2-small-sized model)")
@@ -415,15 +414,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overhead-requests", type=int, default=300,
                         help="requests timed against the instant worker tier (0: skip)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
+    """``fanout bench``: every strategy on every engine and model; the tables (and --json)."""
     strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
     unknown = set(strategies) - set(STRATEGIES)
     if unknown:
-        parser.error(f"unknown strategies {sorted(unknown)}; choose from {STRATEGIES}")
+        raise argparse.ArgumentError(None, f"unknown strategies {sorted(unknown)}; choose from "
+                                           f"{STRATEGIES}")
     engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
     if not engines or set(engines) - set(ENGINES):
-        parser.error(f"--engines takes a comma-separated subset of {', '.join(ENGINES)}")
+        raise argparse.ArgumentError(None, f"--engines takes a comma-separated subset of "
+                                           f"{', '.join(ENGINES)}")
     cores = os.cpu_count() or 1
     work = Workload(n=args.n, length=args.length, requests=args.requests,
                     warmup=args.warmup, threads_per_sample=max(1, cores // args.n),
@@ -434,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
         ensure_gpt2_small_sized(GPT2_SMALL_SIZED)]
     missing = [str(m) for m in models if not (m / "config.json").is_file()]
     if missing:
-        parser.error(f"not a model folder: {', '.join(missing)}")
+        raise argparse.ArgumentError(None, f"not a model folder: {', '.join(missing)}")
 
     def progress(what: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
@@ -463,3 +466,4 @@ def main(argv: list[str] | None = None) -> None:
                                          "quantization": args.quantization,
                                          "results": rows, "comparisons": compared,
                                          "front_overhead": overhead}, indent=2) + "\n")
+    return 0

@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 
 from fanout.layout import Model
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from worker_api.engines.base import Engine
 
 LOAD_SECONDS = 600.0

@@ -19,7 +19,7 @@ from typing import Any
 import falcon
 
 from fanout.layout import load_layout
-from fanout.params import GenerationParams
+from fanout.protocol import GenerationParams
 from worker_api.app import create_app
 from worker_api.engines.base import Completion
 from worker_api.resources import Generator, WorkerIdentity

@@ -1,6 +1,6 @@
 """What slow and silent clients do to everyone else, with the edge and without it.
 
-    .venv/bin/python -m benchmarks.slow_clients [--model DIR] [--probes 5] [--json FILE]
+    fanout slow-clients [--model DIR] [--probes 5] [--json FILE]
 
 The same layout is served twice in one run, once with ``edge: {enabled: false}`` (the
 front alone on the public address, as before the edge) and once with the edge. For each
@@ -18,7 +18,6 @@ import contextlib
 import json
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -137,7 +136,7 @@ def serving(layout: Layout, directory: Path) -> Iterator[str]:
         yield layout.front.bind.url
 
 
-def run(model: Path, probes: int, timeout: float) -> list[dict[str, Any]]:
+def both_ways(model: Path, probes: int, timeout: float) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="fanout-slow-") as folder:
         for edge in (False, True):
@@ -160,18 +159,17 @@ def fmt(summary: dict[str, Any]) -> str:
     return f"p50 {p50:>9}, {summary['no_answer']}/{summary['of']} no answer"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=REPO / "models" / "small")
     parser.add_argument("--probes", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
-    rows = run(args.model.resolve(), args.probes, args.timeout)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fanout slow-clients``: both ways, every case; the figures printed (and --json)."""
+    rows = both_ways(args.model.resolve(), args.probes, args.timeout)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -92,10 +92,10 @@ def test_a_bad_edge_section_names_its_key(write_layout: LayoutFactory, edge: dic
 
 def test_print_shows_the_configuration_and_a_missing_nginx_says_what_to_do(
         tmp_path: Path) -> None:
-    printed = subprocess.run([sys.executable, "-m", "fanout.launch.edge", "--print"],
+    printed = subprocess.run([sys.executable, "-m", "fanout", "edge", "--print"],
                              capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0 and "upstream fanout_front" in printed.stdout
-    missing = subprocess.run([sys.executable, "-m", "fanout.launch.edge", "--run-dir",
+    missing = subprocess.run([sys.executable, "-m", "fanout", "edge", "--run-dir",
                               str(tmp_path)], capture_output=True, text=True, timeout=60,
                              env={**os.environ, NGINX_ENV: str(tmp_path / "no-nginx")})
     assert missing.returncode == 2

@@ -26,7 +26,7 @@ def test_one_tier_per_pool_then_the_front_then_its_edge(write_layout: LayoutFact
     assert "worker_api.app:get_app()" in started[0].argv
     # The front listens behind the edge; the edge where the front's clients connect.
     assert started[2].health_url == "http://127.0.0.1:9001/health"
-    assert started[3].argv == ("python", "-m", "fanout.launch.edge")
+    assert started[3].argv == ("python", "-m", "fanout", "edge")
     assert started[3].health_url == f"{layout.front.bind.url}/health"
 
 

@@ -1,4 +1,4 @@
-"""scripts/fetch_model.py fails fast, with a message, where the hub cannot be reached."""
+"""``fanout fetch`` fails fast, with a message, where the hub cannot be reached."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "fetch_model.py"
+FETCH = (sys.executable, "-m", "fanout", "fetch")
 
 
 def run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), "gpt2", "--dest", str(tmp_path)],
+    return subprocess.run([*FETCH, "gpt2", "--dest", str(tmp_path)],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, **env})
 
