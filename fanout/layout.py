@@ -119,7 +119,7 @@ class Edge:
     The front is one gunicorn process whose threads each hold a connection until its
     request is read: a few slow or silent clients would hold them all. The edge reads
     every request whole, within its timeouts, before the front sees it, and holds idle
-    and slow connections at the cost of a little memory each (``fanout.edge``).
+    and slow connections at the cost of a little memory each (``fanout edge``).
     """
 
     enabled: bool = True

@@ -5,9 +5,9 @@ Live, on a slice of the held-out evaluation text, to stay quick: every 16th of i
 256-token windows (11 windows, 2,805 target tokens, spread over all six held-out
 addresses), scored by both engines; and 2 seeded samples per evaluation prompt (16 of 60
 tokens) through the int8 engine. The full evaluation's figures, recorded in each eval.json
-by ``scripts/eval_model.py models/NAME --engine both``, are held to the same bounds.
+by ``fanout eval models/NAME --engine both``, are held to the same bounds.
 
-The held-out text comes from the corpus cache scripts/eval_model.py uses (fetched there on
+The held-out text comes from the corpus cache ``fanout eval`` uses (fetched there on
 first use); without it, or without Debian's word list, the live tests skip and say why.
 """
 
