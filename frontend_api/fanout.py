@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 
 from fanout.layout import Pool
 from fanout.observe import current_request_id, note
-from fanout.params import AutocompleteRequest
 from fanout.protocol import GenerationParams, StreamPiece, WorkerCompletion
 from frontend_api.errors import (
     POOL_DOWN_RETRY_AFTER,
@@ -40,7 +39,7 @@ from frontend_api.errors import (
 )
 from frontend_api.hosts import Host, HostSet, HostWatcher
 from frontend_api.metrics import SAMPLE_FAILURES, SAMPLE_RETRIES, SAMPLES
-from frontend_api.samples import Failure, Gathered, Sample, StreamEvent
+from frontend_api.samples import AutocompleteRequest, Failure, Gathered, Sample, StreamEvent
 from frontend_api.transport import Cutter, WorkerTransport
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ import falcon
 
 from fanout.http import JSON_TYPE, FieldError, read_json, serialize_error
 from fanout.layout import Layout
-from fanout.params import CompletionRequest, parse_completion
 from fanout.peer import client_gone_check
 from fanout.protocol import LogprobsJson, StreamPiece
 from frontend_api.admission import Admission
 from frontend_api.errors import POOL_DOWN_RETRY_AFTER, WorkerTierError
+from frontend_api.openai_request import CompletionRequest, parse_completion
 from frontend_api.resources import Fanout
 from frontend_api.samples import Failure, Sample, StreamEvent
 

@@ -48,7 +48,8 @@ def _number(low: float, high: float, default: float, about: str,
 
 
 def request_schema(layout: Layout) -> Schema:
-    """``POST /autocomplete``'s body: the bounds ``fanout.params.parse_autocomplete`` checks."""
+    """``POST /autocomplete``'s body: the bounds ``parse_autocomplete`` checks
+    (``frontend_api.resources``)."""
     defaults, limits = layout.defaults, layout.limits
     pools = list(layout.pools)
     return {

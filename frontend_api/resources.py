@@ -1,20 +1,23 @@
-"""HTTP handlers of the front: autocomplete, models, health. The fan-out does the work."""
+"""HTTP handlers of the front: autocomplete (and its body's schema), models, health.
+
+The fan-out does the work.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import falcon
 
 from fanout.http import read_json
-from fanout.layout import Layout
-from fanout.params import AutocompleteRequest, parse_autocomplete
+from fanout.layout import GenerationDefaults, GenerationLimits, Layout
+from fanout.params import Fields, ParamError, read_generation
 from fanout.peer import client_gone_check
 from frontend_api.admission import Admission
-from frontend_api.samples import Gathered, StreamEvent
+from frontend_api.samples import AutocompleteRequest, Gathered, StreamEvent
 
 
 class Fanout(Protocol):
@@ -28,6 +31,24 @@ class Fanout(Protocol):
     def health(self) -> dict[str, dict[str, Any]]: ...
 
     def ask(self, pool_name: str, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+# POST /autocomplete's body: the generation fields, and which pool and how many samples.
+AUTOCOMPLETE_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top_p",
+                                 "max_time", "max_tokens", "seed", "min_tokens",
+                                 "model_size", "n_samples"})
+
+
+def parse_autocomplete(body: Any, defaults: GenerationDefaults, limits: GenerationLimits,
+                       pools: Mapping[str, object], max_samples: int) -> AutocompleteRequest:
+    """Check a front ``/autocomplete`` body; an unknown pool is a 404, as for a missing page."""
+    fields = Fields(body, AUTOCOMPLETE_FIELDS)
+    model_size = fields.string("model_size", default=next(iter(pools)))
+    if model_size not in pools:
+        raise ParamError("model_size", f"unknown model {model_size!r}; "
+                                       f"choose one of {', '.join(pools)}", status=404)
+    n_samples = fields.integer("n_samples", defaults.n_samples, 1, max_samples)
+    return AutocompleteRequest(model_size, n_samples, read_generation(fields, defaults, limits))
 
 
 class Autocomplete:

@@ -1,4 +1,5 @@
-"""What the fan-out hands the handlers: each sample, each failure, and what was gathered.
+"""What goes into a fan-out and what comes out: the request for N samples, each sample,
+each failure, and what was gathered.
 
 Plain values, so that handlers and their tests use them without the transport.
 """
@@ -7,7 +8,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fanout.protocol import StreamPiece, WorkerCompletion
+from fanout.params import MAX_SEED
+from fanout.protocol import GenerationParams, StreamPiece, WorkerCompletion
+
+
+@dataclass(frozen=True)
+class AutocompleteRequest:
+    """A fan-out: which pool, how many samples, and the shared parameters.
+
+    ``prompts``, when set, is a batch (OpenAI's list of prompts): ``n_samples`` is then
+    spread evenly over them, prompt by prompt, so sample i answers prompt
+    ``i // (n_samples // len(prompts))``. ``params`` is the first prompt's.
+    """
+
+    model_size: str
+    n_samples: int
+    params: GenerationParams
+    prompts: tuple[GenerationParams, ...] = ()
+
+    @property
+    def per_prompt(self) -> int:
+        return self.n_samples // max(1, len(self.prompts))
+
+    def sample_params(self) -> list[GenerationParams]:
+        """Per-sample parameters; a given seed becomes seed, seed+1, ... so samples of a
+        prompt differ (each prompt of a batch starts from the seed again)."""
+        seed = self.params.seed
+        return [prompt.with_seed(None if seed is None else (seed + i) % (MAX_SEED + 1))
+                for prompt in self.prompts or (self.params,) for i in range(self.per_prompt)]
 
 
 @dataclass(frozen=True, kw_only=True)

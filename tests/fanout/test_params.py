@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from fanout.layout import GenerationDefaults, GenerationLimits
-from fanout.params import ParamError, parse_autocomplete, parse_completion, parse_generation
+from fanout.params import ParamError, parse_generation
+from frontend_api.openai_request import parse_completion
+from frontend_api.resources import parse_autocomplete
 
 DEFAULTS = GenerationDefaults()
 LIMITS = GenerationLimits(length=100, max_time=10.0, context_bytes=64)

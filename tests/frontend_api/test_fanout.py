@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from fanout.layout import Bind, Model, Pool, Slot
-from fanout.params import AutocompleteRequest
 from fanout.peer import peer_gone
 from fanout.ports import free_port
 from fanout.protocol import GenerationParams
 from frontend_api.errors import ClientGone, WorkerTierError
 from frontend_api.fanout import FanoutClient
+from frontend_api.samples import AutocompleteRequest
 
 # (status, body) for one /generate request, given its JSON body; DROP closes the
 # connection without an answer, as a worker killed mid-generation does; HANG answers

@@ -17,10 +17,10 @@ from fanout.params import (
     MAX_TEMPERATURE,
     MAX_TOP_K,
     ParamError,
-    parse_autocomplete,
 )
 from frontend_api.app import create_app
 from frontend_api.openapi import build_document
+from frontend_api.resources import parse_autocomplete
 from tests.conftest import LayoutFactory
 from tests.frontend_api.test_resources import EchoFanout
 

@@ -14,12 +14,11 @@ import falcon.testing
 import pytest
 
 from fanout.layout import Layout, load_layout
-from fanout.params import AutocompleteRequest
 from fanout.protocol import GenerationParams, StreamPiece
 from frontend_api.access import read_api_keys
 from frontend_api.app import create_app
 from frontend_api.errors import WorkerTierError
-from frontend_api.samples import Failure, Gathered, Sample
+from frontend_api.samples import AutocompleteRequest, Failure, Gathered, Sample
 from tests.conftest import LayoutFactory
 
 
