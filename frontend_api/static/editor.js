@@ -1,4 +1,6 @@
 // fanout's editor: write, press Tab, pick one of N completions from the front API.
+// Typing what a shown suggestion goes on with keeps the list open (type-through), and
+// with "Suggest while typing" on, a pause in typing asks as Tab would.
 // Plain browser JavaScript, no build step. The document and the settings live in
 // localStorage, so a reload or a failed request never loses what was written.
 "use strict";
@@ -15,11 +17,15 @@ const modelSelect = document.getElementById("model");
 const modelName = document.getElementById("model-name");
 const apiKeyInput = document.getElementById("api-key");
 const settingsPanel = document.getElementById("settings");
+const pauseOutput = document.getElementById("suggest-pause");
 
 let inFlight = null;      // the AbortController of the request being waited on
-let suggestions = [];     // [{value, time}] shown in the list
-let selected = -1;        // index of the highlighted suggestion
+let suggestions = [];     // [{value, time}] of the open list, as they came
+let shown = [];           // indexes into suggestions of those the list shows
+let selected = -1;        // index into shown of the highlighted suggestion
 let anchor = 0;           // caret position the suggestions continue from
+let asked = { head: "", tail: "" };  // the text before and after the anchor when asked
+let typed = "";           // typed through at the anchor: consumed from every shown suggestion
 let leaveOnTab = false;   // Esc with nothing open, then Tab: move focus on (no keyboard trap)
 let preferredModel;      // the model saved in the settings, until the list of models loads
 
@@ -27,7 +33,8 @@ let preferredModel;      // the model saved in the settings, until the list of m
 
 function readSettings() {
   const settings = { model_size: modelSelect.value || undefined,
-                     stream: form.elements.stream.checked };
+                     stream: form.elements.stream.checked,
+                     suggest_while_typing: form.elements.suggest_while_typing.checked };
   for (const name of NUMBER_FIELDS) {
     const value = Number(form.elements[name].value);
     if (form.elements[name].value !== "" && Number.isFinite(value)) settings[name] = value;
@@ -47,6 +54,7 @@ function restoreSettings() {
     if (saved[name] !== undefined) form.elements[name].value = saved[name];
   }
   form.elements.stream.checked = saved.stream === true;
+  form.elements.suggest_while_typing.checked = saved.suggest_while_typing === true;
   return saved.model_size;
 }
 
@@ -109,12 +117,18 @@ async function loadModels(preferred) {
 
 async function requestSuggestions() {
   abortInFlight();
+  cancelSuggestTimer();
+  closeList();  // a list of the old text would be typed through against the new anchor
   anchor = editor.selectionStart;
+  asked = { head: editor.value.slice(0, anchor), tail: editor.value.slice(anchor) };
+  lastAsked = { value: editor.value, caret: anchor };
   const controller = new AbortController();
   inFlight = controller;
   showStatus("Thinking…", "busy");
-  const { stream, ...fields } = readSettings();
-  const context = editor.value.slice(0, anchor);
+  // The editor's own settings stay here; the rest is the request's body.
+  const { stream, suggest_while_typing: _, ...fields } = readSettings();
+  const context = asked.head;
+  const started = performance.now();
   try {
     if (stream) {
       await streamSuggestions(context, fields, controller);
@@ -129,6 +143,7 @@ async function requestSuggestions() {
     if (!response.ok) throw new Error(await errorMessage(response));
     const body = await response.json();
     if (controller.signal.aborted) return;  // typed meanwhile: this answer is stale
+    noteLatency(performance.now() - started);
     showStatus(`${body.sentences.length} suggestions in ${body.time.toFixed(2)} s`
                + (body.partial ? ` (${body.failed.length} did not arrive in time)` : ""));
     openList(body.sentences);
@@ -195,8 +210,8 @@ function finishStream(growing, started) {
   const failed = growing.length - arrived.length;
   showStatus(`${arrived.length} suggestions in ${seconds} s`
              + (failed ? ` (${failed} did not arrive in time)` : ""));
-  if (!arrived.length) closeList();
-  else if (failed) openList(arrived);
+  noteLatency(performance.now() - started);
+  if (failed) keepOnly(arrived);
 }
 
 function abortInFlight() {
@@ -211,67 +226,122 @@ function abortInFlight() {
 
 function openList(sentences) {
   suggestions = sentences;
-  list.replaceChildren(...sentences.map((sentence, index) => {
+  shown = [];
+  selected = -1;
+  typed = "";
+  renderList();
+  placeList(anchor);
+  list.hidden = false;
+  editor.setAttribute("aria-controls", list.id);
+  editor.setAttribute("aria-expanded", "true");
+}
+
+// The suggestions that go on with what was typed through. One still streaming matches as
+// far as it has arrived; a finished one typed to its end has nothing left to offer.
+function matching(text) {
+  return suggestions.flatMap((sentence, index) =>
+    sentence.value.startsWith(text)
+      && (!text || sentence.value.length > text.length || sentence.time === null)
+      ? [index] : []);
+}
+
+// Build the items for the suggestions shown, keeping the highlighted one if it still is.
+function renderList() {
+  const highlighted = shown[selected];
+  shown = matching(typed);
+  list.replaceChildren(...shown.map((index, position) => {
     const item = document.createElement("li");
     item.role = "option";
-    item.id = `suggestion-${index}`;
+    item.id = `suggestion-${position}`;
     const text = document.createElement("span");
     text.className = "text";
     const time = document.createElement("span");
     time.className = "time";
     item.append(text, time);
-    fillItem(item, sentence);
+    fillItem(item, suggestions[index]);
     item.addEventListener("mousedown", (event) => {
       event.preventDefault();  // keep the focus (and the caret) in the document
-      choose(index);
+      choose(position);
     });
     return item;
   }));
-  placeList();
-  list.hidden = false;
-  editor.setAttribute("aria-controls", list.id);
-  editor.setAttribute("aria-expanded", "true");
-  select(0);
+  select(Math.max(0, shown.indexOf(highlighted)));
 }
 
-// A suggestion's text and time; a streamed one is still being written until its time.
+// A suggestion's text past what was typed through, and its time; a streamed one is still
+// being written until its time.
 function fillItem(item, sentence) {
-  item.querySelector(".text").textContent = sentence.value;
+  item.querySelector(".text").textContent = sentence.value.slice(typed.length);
   item.querySelector(".time").textContent = sentence.failed ? "failed"
     : sentence.time === null ? "…" : `${sentence.time.toFixed(2)} s`;
   item.setAttribute("aria-busy", String(sentence.time === null));
 }
 
+// A streamed suggestion grew: refill its item, or rebuild the list if it now matches.
 function showSuggestion(index) {
-  if (list.children[index]) fillItem(list.children[index], suggestions[index]);
+  if (list.hidden) return;
+  const position = shown.indexOf(index);
+  if (position >= 0) fillItem(list.children[position], suggestions[index]);
+  else if (matching(typed).includes(index)) renderList();
+}
+
+// The stream ended with some suggestions failed: show the others, if any still match.
+function keepOnly(sentences) {
+  const highlighted = suggestions[shown[selected]];
+  suggestions = sentences;
+  shown = [];
+  renderList();
+  if (!shown.length) closeList();
+  else select(Math.max(0, shown.indexOf(suggestions.indexOf(highlighted))));
 }
 
 function closeList() {
   list.hidden = true;
   list.replaceChildren();
   suggestions = [];
+  shown = [];
+  typed = "";
   selected = -1;
   editor.setAttribute("aria-expanded", "false");
   editor.removeAttribute("aria-activedescendant");
 }
 
-function select(index) {
-  selected = (index + suggestions.length) % suggestions.length;
+function select(position) {
+  if (!shown.length) return;
+  selected = (position + shown.length) % shown.length;
   [...list.children].forEach((item, i) => item.setAttribute("aria-selected", String(i === selected)));
   editor.setAttribute("aria-activedescendant", `suggestion-${selected}`);
 }
 
-function choose(index) {
-  const text = suggestions[index].value;
+function choose(position) {
+  const rest = suggestions[shown[position]].value.slice(typed.length);
+  const caret = anchor + typed.length;
   abortInFlight();  // a suggestion still streaming is taken as it stands
-  editor.setRangeText(text, anchor, anchor, "end");
+  editor.setRangeText(rest, caret, caret, "end");
   closeList();
   saveDocument();
   editor.focus();
 }
 
+// Typing while the list is open: if the text typed at the anchor (and nothing else) is
+// the start of some suggestions, show those, less what was typed, and ask nothing.
+// Backspace over typed-through text gives it back to the suggestions (the list widens
+// again); anything else, or nothing matching, ends type-through: false.
+function typeThrough() {
+  const value = editor.value;
+  const caret = editor.selectionStart;
+  if (caret !== editor.selectionEnd || caret < anchor
+      || value.slice(0, anchor) !== asked.head || value.slice(caret) !== asked.tail) return false;
+  const text = value.slice(anchor, caret);
+  if (!matching(text).length) return false;
+  typed = text;
+  renderList();
+  placeList(caret);
+  return true;
+}
+
 // Put the list just below the caret: measure the caret in a hidden copy of the textarea.
-function placeList() {
+function placeList(position) {
   const style = getComputedStyle(editor);
   const mirror = document.createElement("div");
   for (const property of ["boxSizing", "width", "padding", "border", "font", "lineHeight",
@@ -280,7 +350,7 @@ function placeList() {
   }
   Object.assign(mirror.style, { position: "absolute", visibility: "hidden",
                                 whiteSpace: "pre-wrap", overflowWrap: "break-word" });
-  mirror.textContent = editor.value.slice(0, anchor);
+  mirror.textContent = editor.value.slice(0, position);
   const caret = document.createElement("span");
   caret.textContent = "\u200b";
   mirror.append(caret);
@@ -295,6 +365,68 @@ function placeList() {
 function showStatus(text, kind = "") {
   statusLine.textContent = text;
   statusLine.className = kind;
+}
+
+// ---- suggesting while typing -----------------------------------------------------
+
+// With the setting on, a pause in typing asks as Tab would. The pause is
+//   clamp(max(1.5 × typing gap, server latency / 2), 100 ms, 1 s),
+// each an exponentially weighted moving average of recent ones (weight 0.3 to the newest):
+// long enough not to ask in the middle of a word at this writer's pace, and no more often
+// than a slow server can answer before the next keystroke cancels it. Before anything is
+// measured the gap is 133 ms, so the first pause is 200 ms.
+const PAUSE = { min: 100, max: 1000, base: 200 };
+const WEIGHT = 0.3;
+let typingGap = PAUSE.base / 1.5;  // ms between keystrokes
+let latency = 0;                   // ms from asking to the last suggestion
+let latencyKnown = false;
+let lastKeystroke = null;
+let suggestTimer = null;
+let lastAsked = null;  // {value, caret} of the document the last request was for
+
+function average(mean, sample) { return mean + WEIGHT * (sample - mean); }
+
+function noteKeystroke() {
+  const now = performance.now();
+  // A gap as long as the longest pause is a pause, not the pace of typing.
+  if (lastKeystroke !== null && now - lastKeystroke < PAUSE.max) {
+    typingGap = average(typingGap, now - lastKeystroke);
+  }
+  lastKeystroke = now;
+}
+
+function noteLatency(ms) {
+  latency = latencyKnown ? average(latency, ms) : ms;
+  latencyKnown = true;
+}
+
+function suggestPause() {
+  const pause = Math.max(1.5 * typingGap, latency / 2);
+  return Math.round(Math.min(PAUSE.max, Math.max(PAUSE.min, pause)));
+}
+
+function cancelSuggestTimer() {
+  clearTimeout(suggestTimer);
+  suggestTimer = null;
+}
+
+// After each keystroke that closed (or found no) list: (re)start the pause.
+function scheduleSuggest() {
+  cancelSuggestTimer();
+  if (!form.elements.suggest_while_typing.checked) return;
+  const pause = suggestPause();
+  pauseOutput.value = `${pause} ms`;
+  pauseOutput.dataset.ms = String(pause);
+  suggestTimer = setTimeout(suggestAfterPause, pause);
+}
+
+// Not when the document (and caret) is what was last asked for, nor over an open list.
+function suggestAfterPause() {
+  suggestTimer = null;
+  const unchanged = lastAsked !== null && lastAsked.value === editor.value
+    && lastAsked.caret === editor.selectionStart;
+  if (unchanged || !list.hidden || inFlight || document.activeElement !== editor) return;
+  requestSuggestions();
 }
 
 // ---- keyboard and input -----------------------------------------------------------
@@ -315,22 +447,29 @@ editor.addEventListener("keydown", (event) => {
     choose(selected);
   } else if (event.key === "Escape") {
     leaveOnTab = !open && !inFlight;
+    cancelSuggestTimer();
     abortInFlight();
     closeList();
   }
 });
 
 editor.addEventListener("input", () => {
+  saveDocument();
+  noteKeystroke();
+  if (!list.hidden && typeThrough()) return;  // the open list follows the typing
   abortInFlight();  // the context changed: whatever is coming is stale
   closeList();
-  saveDocument();
+  scheduleSuggest();
 });
 
 editor.addEventListener("blur", () => setTimeout(() => {
   if (document.activeElement !== editor) closeList();
 }, 150));
 
-form.addEventListener("change", saveSettings);
+form.addEventListener("change", () => {
+  saveSettings();
+  if (!form.elements.suggest_while_typing.checked) cancelSuggestTimer();
+});
 apiKeyInput.addEventListener("change", () => {
   saveApiKey();
   showStatus("");
