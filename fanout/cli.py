@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
+from typing import NoReturn
 
 from fanout.layout import LAYOUT_ENV, load_layout_or_exit
 
@@ -100,17 +101,24 @@ def load(name: str, command: Command) -> ModuleType:
     """The subcommand's module, or exit 2 saying what this install lacks for it."""
     missing = missing_requirements(command.extra) if command.extra else []
     if missing:
-        sys.exit(f"fanout {name}: needs the {command.extra!r} extra ({', '.join(missing)} "
-                 f"missing): pip install -e '.[{command.extra}]' in a checkout")
+        refuse(f"fanout {name} needs the {command.extra!r} extra ({', '.join(missing)} "
+               f"missing): pip install 'fanout[{command.extra}]', or in a checkout "
+               f"pip install -e '.[{command.extra}]'")
     try:
         return importlib.import_module(command.module)
     except ModuleNotFoundError as error:  # e.g. the container image, which has no tools
-        hint = f" (the {command.extra!r} extra)" if command.extra else ""
-        sys.exit(f"fanout {name}: this install has no {error.name}: install fanout from a "
-                 f"checkout with its tools{hint}")
+        hint = f" (and the {command.extra!r} extra)" if command.extra else ""
+        refuse(f"fanout {name}: this install has no {error.name}: install fanout from a "
+               f"checkout{hint}")
+
+
+def refuse(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def declare(parser: argparse.ArgumentParser, command: Command, module: ModuleType) -> None:
+    """The subcommand's options: the layout's, when it reads one, then the module's own."""
     parser.description = (module.__doc__ or command.help).strip().splitlines()[0]
     if command.layout == "option":
         parser.add_argument("--layout", metavar="FILE", help=LAYOUT_HELP)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fanout.cli import COMMANDS, main, missing_requirements
+from fanout.cli import COMMANDS, Command, load, main, missing_requirements
 from tests.conftest import LayoutFactory
 
 FANOUT = (sys.executable, "-m", "fanout")
@@ -72,3 +72,13 @@ def test_a_missing_extra_is_named_before_anything_runs() -> None:
     assert missing_requirements("train", requirements) == ["another-missing-one"]
     # scripts/test installs fanout[test,tools,train]
     assert missing_requirements("tools") == missing_requirements("train") == []
+
+
+def test_a_subcommand_this_install_lacks_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    # The container image carries no fanout/tools/: `python -m fanout capacity` there.
+    with pytest.raises(SystemExit) as done:
+        load("capacity", Command("fanout.no_such_tools.capacity", "help", extra="tools"))
+    assert done.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: fanout capacity: this install has no fanout.no_such_tools: install fanout "
+        "from a checkout (and the 'tools' extra)\n")
