@@ -33,7 +33,7 @@ def model_folder(model: Model) -> Path:
             raise ModelLoadError(
                 f"hub model {model.source!r} is not in the local cache "
                 f"({constants.HF_HUB_CACHE}); fetch it into models/ with "
-                f"`scripts/fetch_model.py {model.source}` on a host that can reach the hub, "
+                f"`fanout fetch {model.source}` on a host that can reach the hub, "
                 "then point the pool's model at that folder") from None
     missing = [] if (folder / "config.json").is_file() else ["config.json"]
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):

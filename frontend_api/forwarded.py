@@ -1,6 +1,6 @@
 """Who the client is, behind the edge: X-Forwarded-For, believed only from the edge.
 
-The edge (nginx, ``fanout.edge``) connects from loopback and sets ``X-Forwarded-For`` to
+The edge (nginx, ``fanout.launch.edge``) connects from loopback and sets ``X-Forwarded-For`` to
 the address it saw. Any other peer could write whatever it likes in that header, so it
 counts only when the connection comes from the edge; without an edge, never.
 """

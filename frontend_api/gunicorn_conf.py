@@ -34,7 +34,7 @@ threads = _layout.front.threads
 # Above the longest request the front lets through, so gunicorn never kills a live one.
 timeout = int(_layout.limits.max_time + _layout.front.network_slack) + 10
 graceful_timeout = timeout
-keepalive = 5  # above the edge's upstream keepalive_timeout (fanout.edge): it closes first
+keepalive = 5  # above the edge's upstream keepalive_timeout (fanout.launch.edge): it closes first
 proc_name = "fanout-front"
 loglevel = os.environ.get("FANOUT_LOG_LEVEL", "info")
 logconfig_dict = logging_config(loglevel)

@@ -12,7 +12,7 @@ import yaml
 
 from fanout.convert import CACHE_ENV
 from fanout.layout import API_KEYS_ENV, FRONT_BIND_ENV, LAYOUT_ENV
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from fanout.tools.tiny_model import make_tiny_model
 
 LayoutFactory = Callable[..., Path]

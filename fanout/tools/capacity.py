@@ -34,8 +34,8 @@ import yaml
 from fanout.launch.memory_fit import DeviceFit, describe_fit, fit_report, gpu_memory, nvidia_smi
 from fanout.launch.serve import running_tiers
 from fanout.layout import FRONT_BIND_ENV, Layout, Pool, load_layout
-from fanout.ports import free_port
 from fanout.tools.load import LoadResult, Record, run_load
+from fanout.tools.ports import free_port
 
 MiB = 2**20
 CONTEXT = ("In his address to the Congress, the President spoke of the state of the "

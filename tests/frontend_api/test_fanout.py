@@ -13,8 +13,8 @@ import pytest
 
 from fanout.layout import Bind, Model, Pool, Slot
 from fanout.peer import peer_gone
-from fanout.ports import free_port
 from fanout.protocol import GenerationParams
+from fanout.tools.ports import free_port
 from frontend_api.errors import ClientGone, WorkerTierError
 from frontend_api.fanout import FanoutClient
 from frontend_api.samples import AutocompleteRequest

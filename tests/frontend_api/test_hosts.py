@@ -6,7 +6,7 @@ import socket
 
 from prometheus_client import REGISTRY
 
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from frontend_api.hosts import HostSet, HostWatcher
 
 URLS = ("http://10.0.0.1:8101", "http://10.0.0.2:8101", "http://10.0.0.3:8101")

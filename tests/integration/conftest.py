@@ -11,7 +11,7 @@ import pytest
 import yaml
 from playwright.sync_api import Browser
 
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from tests.conftest import layout_document
 from tests.integration.browser import chromium
 from tests.integration.paced_worker import PACED_APP, Gates

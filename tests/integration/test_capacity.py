@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from tests.conftest import LayoutFactory
 from tests.integration.servers import still_running
 

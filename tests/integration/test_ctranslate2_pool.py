@@ -13,7 +13,7 @@ import requests
 import yaml
 
 from fanout.convert import CACHE_ENV, MANIFEST
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from tests.conftest import layout_document
 from tests.integration.servers import RunningTiers
 

@@ -22,8 +22,8 @@ import requests
 import yaml
 
 from fanout.layout import API_KEYS_ENV
-from fanout.ports import free_port
 from fanout.tools.bench.slow_clients import Hostile
+from fanout.tools.ports import free_port
 from tests.conftest import layout_document
 from tests.integration.paced_worker import PACED_APP, PIECES, Gates
 from tests.integration.servers import RunningTiers

@@ -10,7 +10,7 @@ import requests
 import yaml
 from playwright.sync_api import Browser, expect
 
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from frontend_api.access import API_KEYS_ENV
 from tests.conftest import layout_document
 from tests.integration.browser import ARTIFACTS

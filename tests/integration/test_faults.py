@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from fanout.tools.tiny_model import make_tiny_model
 from tests.conftest import layout_document
 from tests.integration.servers import RunningTiers, paused

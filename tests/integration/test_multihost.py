@@ -24,7 +24,7 @@ import yaml
 
 from fanout.launch.tiers import tiers
 from fanout.layout import LAYOUT_ENV, load_layout
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from tests.conftest import layout_document
 from tests.integration.netns import NetnsHost, why_no_namespaces
 from tests.integration.servers import (

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from tests.conftest import LayoutFactory
 from tests.integration.servers import READY_SECONDS, ready_slots, still_running
 

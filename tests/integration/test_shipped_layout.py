@@ -10,7 +10,7 @@ import requests
 import yaml
 
 from fanout.layout import DEFAULT_LAYOUT
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 from tests.integration.servers import RunningTiers
 
 pytestmark = pytest.mark.integration

@@ -39,7 +39,7 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_model_dir: Path,
 def test_a_hub_model_missing_from_the_cache_says_how_to_fetch_it() -> None:
     # No download is attempted: the answer comes from the local cache, at once.
     expected = (r"hub model 'nobody/no-such-model' is not in the local cache "
-                r".*scripts/fetch_model.py nobody/no-such-model")
+                r".*fanout fetch nobody/no-such-model")
     with pytest.raises(ModelLoadError, match=expected):
         TransformersEngine(Model("nobody/no-such-model", None), "cpu")
 

@@ -63,7 +63,7 @@ class CTranslate2Engine(Engine):
         started = time.perf_counter()
         if not (converted / MANIFEST).is_file():
             raise ModelLoadError(f"{converted} holds no CTranslate2 conversion of "
-                                 f"{spec.source}; run `fanout-convert`")
+                                 f"{spec.source}; run `fanout convert`")
         self.spec, self.converted, self.quantization = spec, converted, quantization
         self.manifest = read_manifest(converted)
         kind, _, index = device.partition(":")

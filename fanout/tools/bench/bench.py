@@ -54,7 +54,6 @@ import yaml
 from fanout.launch.serve import Supervisor, running_tiers
 from fanout.launch.tiers import tiers
 from fanout.layout import QUANTIZATIONS, Layout, load_layout
-from fanout.ports import free_port
 from fanout.protocol import GenerationParams
 from fanout.tools.bench.inprocess import (
     TRANSFORMERS,
@@ -68,6 +67,7 @@ from fanout.tools.bench.inprocess import (
 )
 from fanout.tools.capacity import CONTEXT
 from fanout.tools.load import percentile as load_percentile
+from fanout.tools.ports import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 GPT2_SMALL_SIZED = REPO / ".cache" / "models" / "gpt2-124m-random"

@@ -31,7 +31,7 @@ import yaml
 
 from fanout.launch.serve import running_tiers
 from fanout.layout import Layout, load_layout
-from fanout.ports import free_port
+from fanout.tools.ports import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 HOSTILE_ADDRESS = "127.0.0.2"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from fanout.ports import free_port
 from fanout.tools.load import NO_ANSWER, LoadResult, Record, percentile, run_load
+from fanout.tools.ports import free_port
 
 
 class Front:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from fanout.ports import _below_ephemeral, free_port
+from fanout.tools.ports import _below_ephemeral, free_port
 
 
 def test_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:
