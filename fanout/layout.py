@@ -14,7 +14,9 @@ import sys
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -35,6 +37,9 @@ QUANTIZATIONS = ("int8", "int8_float32", "float32")
 GPU_ONLY_QUANTIZATIONS = ("float16", "bfloat16", "int8_float16")
 _DEVICE = re.compile(r"^(cpu|cuda:(0|[1-9][0-9]*))$")
 _POOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+# Another name for a pool (Write With Transformer's "gpt2/medium"): '/'-separated parts of
+# letters, digits, '.', '_' and '-', so it is also a URL path (POST /autocomplete/<alias>).
+_ALIAS = re.compile(r"^(?=.{1,64}$)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)*$")
 # A hub id is "name" or "owner/name"; anything that looks like a path is a folder.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _PATH_PREFIXES = ("/", "./", "../", "~")
@@ -180,6 +185,8 @@ class Pool:
     engine: str = DEFAULT_ENGINE
     # CTranslate2's compute type (engine ctranslate2 only; None for transformers).
     quantization: str | None = None
+    # Other names requests may use for this pool (model_size, model, /autocomplete/<alias>).
+    aliases: tuple[str, ...] = ()
 
     @property
     def precision(self) -> str:
@@ -220,6 +227,26 @@ class Layout:
 
     def pool(self, name: str) -> Pool:
         return self.pools[name]
+
+    @cached_property
+    def names(self) -> Mapping[str, Pool]:
+        """Every name a request may give a pool: the pools' own in layout order, then
+        their aliases. The one place an alias is resolved (:func:`pool_name`)."""
+        named: dict[str, Pool] = dict(self.pools)
+        for pool in self.pools.values():
+            named.update(dict.fromkeys(pool.aliases, pool))
+        return MappingProxyType(named)
+
+    def pool_named(self, name: str) -> Pool | None:
+        """The pool a name or an alias means, or None."""
+        return self.names.get(name)
+
+
+def pool_name(names: Mapping[str, object], name: str) -> str:
+    """The pool's own name for ``name``, when ``names`` (:attr:`Layout.names`) maps it to
+    a pool by an alias; any other name as it is, for the caller to look up and refuse."""
+    pool = names.get(name)
+    return pool.name if isinstance(pool, Pool) else name
 
 
 def layout_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -274,6 +301,7 @@ class _Parser:
         if not pools:
             raise self.fail("pools", "needs at least one pool")
         parsed = {name: self.pool(name, spec, limits) for name, spec in pools.items()}
+        self.check_aliases(parsed)
         return Layout(self.source, front, defaults, limits, parsed, edge)
 
     def front(self, value: Any) -> Front:
@@ -385,7 +413,7 @@ class _Parser:
                                  "(at most 32, starting with a letter)")
         spec = self.mapping(value, key, required={"model", "bind", "slots"},
                             optional={"dtype", "allow_pickle", "worker_timeout", "hosts",
-                                      "engine", "quantization"})
+                                      "engine", "quantization", "aliases"})
         slots_value = spec["slots"]
         if not isinstance(slots_value, list) or not slots_value:
             raise self.fail(f"{key}.slots", "needs a list of at least one worker slot")
@@ -407,7 +435,35 @@ class _Parser:
                     dtype=dtype, bind=self.bind(spec["bind"], f"{key}.bind"),
                     slots=slots, worker_timeout=timeout,
                     hosts=self.hosts(spec.get("hosts"), f"{key}.hosts"),
-                    engine=engine, quantization=quantization)
+                    engine=engine, quantization=quantization,
+                    aliases=self.aliases(spec.get("aliases"), f"{key}.aliases"))
+
+    def aliases(self, value: Any, key: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.fail(key, "must be a list of names, e.g. ['gpt2/medium']")
+        for index, alias in enumerate(value):
+            if not isinstance(alias, str) or not _ALIAS.match(alias):
+                raise self.fail(f"{key}[{index}]", f"{alias!r} is not an alias: at most 64 "
+                                "characters, '/'-separated parts of letters, digits, '.', "
+                                "'_' or '-', each starting with a letter or digit")
+            if alias in value[:index]:
+                raise self.fail(f"{key}[{index}]", f"{alias!r} is listed twice")
+        return tuple(value)
+
+    def check_aliases(self, pools: Mapping[str, Pool]) -> None:
+        """A name means one pool: no alias is a pool's name or another pool's alias."""
+        owner: dict[str, str] = {}
+        for pool in pools.values():
+            for index, alias in enumerate(pool.aliases):
+                key = f"pools.{pool.name}.aliases[{index}]"
+                if alias in pools:
+                    raise self.fail(key, f"{alias!r} is the name of pool {alias}")
+                if alias in owner:
+                    raise self.fail(key, f"{alias!r} is already an alias of pool "
+                                         f"{owner[alias]}")
+                owner[alias] = pool.name
 
     def precision(self, spec: dict[str, Any], key: str, engine: str,
                   slots: tuple[Slot, ...]) -> tuple[str, str | None]:
@@ -575,6 +631,8 @@ def describe(layout: Layout) -> str:
         lines.append(f"  pool {pool.name}: {pool.model.source} ({pool.engine} "
                      f"{pool.precision}) on {pool.bind}, "
                      f"{len(pool.slots)} workers [{devices}]")
+        if pool.aliases:
+            lines.append(f"    also named {', '.join(pool.aliases)}")
         if pool.hosts:
             lines.append(f"    the front reaches it on {len(pool.hosts)} hosts: "
                          + ", ".join(pool.hosts))

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from fanout.layout import DEFAULT_LAYOUT, FRONT_BIND_ENV, LayoutError, load_layout
+from fanout.layout import (
+    DEFAULT_LAYOUT,
+    FRONT_BIND_ENV,
+    LayoutError,
+    describe,
+    load_layout,
+    pool_name,
+)
 from tests.conftest import SHIPPED_MODELS, LayoutFactory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,6 +138,20 @@ _DELETE = object()
      "lists a core twice"),
     ({"pools.small.slots": [{"device": "cpu", "cpus": [0], "threads": 2}]},
      "pools.small.slots[0].threads", "no more threads than the cores it is pinned to"),
+    ({"pools.small.aliases": "gpt2"}, "pools.small.aliases", "must be a list of names"),
+    ({"pools.small.aliases": ["gpt2", 2]}, "pools.small.aliases[1]", "2 is not an alias"),
+    ({"pools.small.aliases": ["gpt2//medium"]}, "pools.small.aliases[0]", "is not an alias"),
+    ({"pools.small.aliases": ["/gpt2"]}, "pools.small.aliases[0]", "is not an alias"),
+    ({"pools.small.aliases": ["gpt2", "gpt2"]}, "pools.small.aliases[1]", "listed twice"),
+    ({"pools.small.aliases": ["small"]}, "pools.small.aliases[0]",
+     "'small' is the name of pool small"),
+    ({"pools.big": {"model": "gpt2", "bind": "127.0.0.1:8102", "slots": ["cpu"],
+                    "aliases": ["gpt2", "small"]}},
+     "pools.big.aliases[1]", "'small' is the name of pool small"),
+    ({"pools.small.aliases": ["gpt2/medium"],
+      "pools.big": {"model": "gpt2", "bind": "127.0.0.1:8102", "slots": ["cpu"],
+                    "aliases": ["gpt2/medium"]}},
+     "pools.big.aliases[0]", "'gpt2/medium' is already an alias of pool small"),
 ])
 def test_every_problem_names_file_key_and_reason(
         tmp_path: Path, tiny_model_dir: Path, change: dict[str, Any], key: str,
@@ -144,6 +165,25 @@ def test_every_problem_names_file_key_and_reason(
     assert caught.value.key == key
     assert problem in caught.value.problem
     assert str(caught.value).startswith(f"{path}: {key}: ")
+
+
+def test_aliases_name_their_pool_wherever_a_pool_name_goes(
+        write_layout: LayoutFactory) -> None:
+    layout = load_layout(write_layout(pools={
+        "small": {"bind": "127.0.0.1:9101", "slots": ["cpu"],
+                  "aliases": ["gpt2", "gpt2/small"]},
+        "medium": {"bind": "127.0.0.1:9102", "slots": ["cpu"], "aliases": ["gpt2/medium"]},
+        "large": {"bind": "127.0.0.1:9103", "slots": ["cpu"]}}))
+    small, medium, large = layout.pools.values()
+
+    assert small.aliases == ("gpt2", "gpt2/small") and large.aliases == ()
+    assert list(layout.names) == ["small", "medium", "large", "gpt2", "gpt2/small",
+                                  "gpt2/medium"]
+    assert layout.pool_named("gpt2/medium") is medium and layout.pool_named("large") is large
+    assert layout.pool_named("gpt2/large") is None
+    assert [pool_name(layout.names, n) for n in ("gpt2/small", "medium", "nope")] == [
+        "small", "medium", "nope"]
+    assert "also named gpt2/medium" in describe(layout)
 
 
 def test_engines_quantizations_and_pinned_cores(write_layout: LayoutFactory) -> None:
