@@ -14,6 +14,7 @@ from frontend_api import openai_api
 from frontend_api.access import API_KEYS_ENV, ApiKeys, access_middleware, log_policy, read_api_keys
 from frontend_api.admission import Admission
 from frontend_api.errors import ClientGone, WorkerTierError
+from frontend_api.events import Events
 from frontend_api.fanout import FanoutClient
 from frontend_api.forwarded import trusted_proxies
 from frontend_api.metrics import FrontObserver, metrics_page
@@ -53,15 +54,19 @@ def create_app(layout: Layout, fanout: Fanout, api_keys: ApiKeys | None = None) 
     app.add_error_handler(ClientGone, client_gone)
     admission = Admission(layout.front, layout.pools,
                           api_keys=len(api_keys.digests) if api_keys else 0)
-    app.add_route("/autocomplete", Autocomplete(fanout, layout, admission))
+    autocomplete = Autocomplete(fanout, layout, admission)
+    app.add_route("/autocomplete", autocomplete)
+    # Write With Transformer's path; an alias may hold '/', so the rest of the path is it.
+    app.add_route("/autocomplete/{model:path}", autocomplete, suffix="named")
     app.add_route("/models", Models(layout))
+    app.add_route("/events", Events(layout))
     app.add_route("/health", Health(fanout, admission))
     app.add_route("/openapi.json", OpenAPIDocument(layout))
     app.add_route("/metrics", metrics_page())
     app.add_route("/v1/completions", openai_api.Completions(fanout, layout, admission))
     models = openai_api.Models(layout)
     app.add_route("/v1/models", models)
-    app.add_route("/v1/models/{model_id}", models, suffix="model")
+    app.add_route("/v1/models/{model_id:path}", models, suffix="model")
     app.add_route("/tokenize", Tokenize(fanout, layout))
     app.add_route("/detokenize", Detokenize(fanout, layout))
     app.set_error_serializer(openai_api.serialize_front_error)

@@ -40,6 +40,16 @@ HOST_SAMPLES = Counter("fanout_front_host_samples", "Samples sent to each of a p
                        ["pool", "host"])
 SAMPLE_RETRIES = Counter("fanout_front_sample_retries", "Samples sent again because their "
                          "worker dropped the connection, by pool", ["pool"])
+# What writers do with suggestions (POST /events, frontend_api.events). rank < front.max_samples
+# and pool is a layout pool's own name (never an alias), so the label values stay bounded.
+SUGGESTIONS_SHOWN = Counter("fanout_suggestions_shown", "Suggestions shown to a writer, by "
+                            "pool and rank in the list (a list of n counts once at each rank "
+                            "0..n-1, so rank 0 counts lists)", ["pool", "rank"])
+SUGGESTIONS_ACCEPTED = Counter("fanout_suggestions_accepted", "Suggestions a writer took, by "
+                               "pool and rank (0-based, in the list as first shown)",
+                               ["pool", "rank"])
+SUGGESTIONS_DISMISSED = Counter("fanout_suggestions_dismissed", "Lists a writer closed "
+                                "without taking one (Esc, or typing on), by pool", ["pool"])
 
 
 class FrontObserver(RequestObserver):

@@ -48,7 +48,7 @@ class Completions:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         layout = self.layout
         parsed = parse_completion(read_json(req, layout.front.max_body_bytes),
-                                  layout.defaults, layout.limits, layout.pools,
+                                  layout.defaults, layout.limits, layout.names,
                                   layout.front.max_samples)
         if parsed.ignored:
             # As vLLM does: a client's own fields are no reason to fail it, but worth a line.
@@ -214,20 +214,23 @@ class Models:
     """``GET /v1/models`` (the pools, as OpenAI lists models) and ``GET /v1/models/{id}``."""
 
     def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        # aliases: an extension; each is accepted as model, and answered as its pool.
         self.models = {name: {"id": name, "object": "model", "created": CREATED,
-                              "owned_by": "fanout"}
-                       for name in layout.pools}
+                              "owned_by": "fanout", "aliases": list(pool.aliases)}
+                       for name, pool in layout.pools.items()}
         self.body = {"object": "list", "data": list(self.models.values())}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.body
 
     def on_get_model(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
-        if model_id not in self.models:
+        pool = self.layout.pool_named(model_id)
+        if pool is None:
             raise FieldError(404, "Not found", f"the model {model_id!r} does not exist; "
                                                f"choose one of {', '.join(self.models)}",
                              "model")
-        resp.media = self.models[model_id]
+        resp.media = self.models[pool.name]
 
 
 def error_type(status: int) -> str:

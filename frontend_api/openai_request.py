@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fanout.layout import GenerationDefaults, GenerationLimits
+from fanout.layout import GenerationDefaults, GenerationLimits, pool_name
 from fanout.params import (
     MAX_LOGPROBS,
     MAX_PENALTY,
@@ -66,7 +66,7 @@ def parse_completion(body: Any, defaults: GenerationDefaults, limits: Generation
     refuses them breaks those clients); the caller logs ``ignored``.
     """
     fields = Fields(body, COMPLETION_FIELDS, ignore_unknown=True)
-    model = fields.string("model")
+    model = pool_name(pools, fields.string("model"))  # an alias means its pool
     if model not in pools:
         raise ParamError("model", f"the model {model!r} does not exist; choose one of "
                                   f"{', '.join(pools)}", status=404)

@@ -51,7 +51,6 @@ def request_schema(layout: Layout) -> Schema:
     """``POST /autocomplete``'s body: the bounds ``parse_autocomplete`` checks
     (``frontend_api.resources``)."""
     defaults, limits = layout.defaults, layout.limits
-    pools = list(layout.pools)
     return {
         "type": "object",
         "required": ["context"],
@@ -63,10 +62,12 @@ def request_schema(layout: Layout) -> Schema:
                         "description": f"The text to continue: at most {limits.context_bytes} "
                                        "bytes of UTF-8 (413 past it). Cut from the front "
                                        "to fit the model's window."},
-            "model_size": {"type": ["string", "null"], "enum": [*pools, None],
+            "model_size": {"type": ["string", "null"], "enum": [*layout.names, None],
                            "default": layout.default_pool.name,
-                           "description": "The pool that answers (see GET /models); "
-                                          "404 for a name that is none of them."},
+                           "description": "The pool that answers, by its name or an alias "
+                                          "(see GET /models); 404 for a name that is none "
+                                          "of them. Under /autocomplete/{model} it may "
+                                          "only repeat the path's pool (400 otherwise)."},
             "n_samples": _integer(1, layout.front.max_samples, defaults.n_samples,
                                   "Completions to return, each from its own worker."),
             "length": _integer(1, limits.length, defaults.length,
@@ -93,11 +94,44 @@ def request_schema(layout: Layout) -> Schema:
     }
 
 
+def event_schema(layout: Layout) -> Schema:
+    """``POST /events``' body: the checks of ``frontend_api.events.parse_event``, one
+    branch per event: shown carries n, accepted carries rank, dismissed neither."""
+    top = layout.front.max_samples
+    model_size = {"type": ["string", "null"], "enum": [*layout.names, None],
+                  "default": layout.default_pool.name,
+                  "description": "The pool (or alias) the list came from."}
+    absent: Schema = {"type": "null", "description": "another event's field: leave it out"}
+    own: dict[str, dict[str, Schema]] = {
+        "shown": {"n": {"type": "integer", "minimum": 1, "maximum": top,
+                        "description": "How many suggestions the list showed."},
+                  "rank": absent},
+        "accepted": {"rank": {"type": "integer", "minimum": 0, "maximum": top - 1,
+                              "description": "The suggestion's 0-based place in the list "
+                                             "as it was first shown."},
+                     "n": absent},
+        "dismissed": {"n": absent, "rank": absent},
+    }
+    about = {"shown": "A list of n suggestions was shown.",
+             "accepted": "The writer took the suggestion at rank.",
+             "dismissed": "The writer closed the list without taking one (Esc, typing on)."}
+    return {"oneOf": [
+        {"type": "object", "title": event, "description": about[event],
+         "additionalProperties": False,
+         "required": ["event", *(name for name, s in fields.items() if s is not absent)],
+         "properties": {"event": {"type": "string", "const": event},
+                        "model_size": model_size, **fields}}
+        for event, fields in own.items()]}
+
+
 def _schemas(layout: Layout) -> dict[str, Schema]:
     pools = list(layout.pools)
     integer, number, string = {"type": "integer"}, {"type": "number"}, {"type": "string"}
     return {
         "AutocompleteRequest": request_schema(layout),
+        "ModelName": {"type": "string", "enum": list(layout.names),
+                      "description": "A pool's name or one of its aliases."},
+        "Event": event_schema(layout),
         "Worker": {"type": "object", "required": ["pid", "slot", "device", "pool"],
                    "properties": {"pid": integer, "slot": integer, "device": string,
                                   "pool": {"type": "string", "enum": pools}}},
@@ -149,7 +183,10 @@ def _schemas(layout: Layout) -> dict[str, Schema]:
                                              "dtype, or the CTranslate2 quantization"},
                                    "workers": {**integer, "minimum": 1},
                                    "hosts": {**integer, "minimum": 1},
-                                   "devices": {"type": "array", "items": string}}}},
+                                   "devices": {"type": "array", "items": string},
+                                   "aliases": {"type": "array", "items": string,
+                                               "description": "other names for the pool, "
+                                                              "accepted as model_size"}}}},
             },
         },
         "Health": {
@@ -227,6 +264,32 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json(_ref("Autocompletion"), "The completions (partial "
                                        "when some samples failed by the deadline)."),
                           **{status: _error(status) for status in _ERRORS}},
+        }},
+        "/autocomplete/{model}": {"post": {
+            "operationId": "autocompleteNamed",
+            "summary": "POST /autocomplete with the pool in the path (Write With "
+                       "Transformer's path, e.g. /autocomplete/gpt2/medium)",
+            "security": keyed,
+            "parameters": [{"name": "model", "in": "path", "required": True,
+                            "schema": _ref("ModelName"),
+                            "description": "A pool or an alias; an alias may hold '/', "
+                                           "sent as it is."}],
+            "requestBody": {"required": True, "content": {
+                JSON: {"schema": _ref("AutocompleteRequest")}}},
+            "responses": {"200": _json(_ref("Autocompletion"), "As POST /autocomplete."),
+                          **{status: _error(status) for status in _ERRORS},
+                          "404": _json(_ref("Error"), "The path or model_size names no "
+                                                      "pool.")},
+        }},
+        "/events": {"post": {
+            "operationId": "events",
+            "summary": "What a writer did with suggestions: counted by pool and rank "
+                       "(fanout_suggestions_* in GET /metrics)",
+            "security": keyed,
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("Event")}}},
+            "responses": {"204": {"description": "Counted."},
+                          **{status: _error(status)
+                             for status in ("400", "401", "404", "413", "415")}},
         }},
         "/models": {"get": {
             "operationId": "models", "summary": "The pools model_size may name",

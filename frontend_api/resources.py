@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import falcon
 
 from fanout.http import read_json
-from fanout.layout import GenerationDefaults, GenerationLimits, Layout
+from fanout.layout import GenerationDefaults, GenerationLimits, Layout, pool_name
 from fanout.params import Fields, ParamError, read_generation
 from fanout.peer import client_gone_check
 from frontend_api.admission import Admission
@@ -40,13 +40,23 @@ AUTOCOMPLETE_FIELDS = frozenset({"context", "length", "temperature", "top_k", "t
 
 
 def parse_autocomplete(body: Any, defaults: GenerationDefaults, limits: GenerationLimits,
-                       pools: Mapping[str, object], max_samples: int) -> AutocompleteRequest:
-    """Check a front ``/autocomplete`` body; an unknown pool is a 404, as for a missing page."""
+                       pools: Mapping[str, object], max_samples: int,
+                       path_pool: str | None = None) -> AutocompleteRequest:
+    """Check a front ``/autocomplete`` body; an unknown pool is a 404, as for a missing page.
+
+    ``pools`` maps every name a request may use (``Layout.names``: pools, then aliases);
+    ``path_pool`` is the pool ``/autocomplete/<name>`` chose, which a ``model_size`` in
+    the body may repeat, by any of its names, but not contradict.
+    """
     fields = Fields(body, AUTOCOMPLETE_FIELDS)
-    model_size = fields.string("model_size", default=next(iter(pools)))
+    asked = fields.string("model_size", default=path_pool or next(iter(pools)))
+    model_size = pool_name(pools, asked)
     if model_size not in pools:
         raise ParamError("model_size", f"unknown model {model_size!r}; "
                                        f"choose one of {', '.join(pools)}", status=404)
+    if path_pool is not None and model_size != path_pool:
+        raise ParamError("model_size", f"{asked!r} is not the model the path names "
+                                       f"({path_pool}); leave model_size out or repeat it")
     n_samples = fields.integer("n_samples", defaults.n_samples, 1, max_samples)
     return AutocompleteRequest(model_size, n_samples, read_generation(fields, defaults, limits))
 
@@ -58,10 +68,22 @@ class Autocomplete:
         self.fanout, self.layout, self.admission = fanout, layout, admission
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.answer(req, resp, None)
+
+    def on_post_named(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
+        """``POST /autocomplete/<model>``: Write With Transformer's path (a pool or an alias)."""
+        pool = self.layout.pool_named(model)
+        if pool is None:
+            raise falcon.HTTPNotFound(title="Not found", description=(
+                f"no model {model!r} here; choose one of {', '.join(self.layout.names)}"))
+        self.answer(req, resp, pool.name)
+
+    def answer(self, req: falcon.Request, resp: falcon.Response, path_pool: str | None) -> None:
         started = time.monotonic()
         front, layout = self.layout.front, self.layout
         request = parse_autocomplete(read_json(req, front.max_body_bytes), layout.defaults,
-                                     layout.limits, layout.pools, front.max_samples)
+                                     layout.limits, layout.names, front.max_samples,
+                                     path_pool)
         with self.admission.admit(request.model_size, request.n_samples,
                                   getattr(req.context, "api_key", None)):
             gathered = self.fanout.complete(request, client_gone_check(req.env))
@@ -92,7 +114,7 @@ class Models:
                 {"name": pool.name, "model": pool.model.name, "engine": pool.engine,
                  "dtype": pool.precision,
                  "workers": pool.total_workers, "hosts": len(pool.urls),
-                 "devices": list(pool.devices)}
+                 "devices": list(pool.devices), "aliases": list(pool.aliases)}
                 for pool in layout.pools.values()
             ],
         }

@@ -13,7 +13,7 @@ from typing import Any
 import falcon
 
 from fanout.http import read_json
-from fanout.layout import Layout
+from fanout.layout import Layout, pool_name
 from fanout.params import MAX_CONTEXT_TOKENS, Fields, ParamError
 from frontend_api.resources import Fanout
 
@@ -39,7 +39,7 @@ def parse_detokenize(body: Any, pools: Mapping[str, object]) -> tuple[str, tuple
 
 def _pool(fields: Fields, pools: Mapping[str, object]) -> str:
     """``model``: a pool, the layout's first when left out."""
-    model = fields.string("model", default=next(iter(pools)))
+    model = pool_name(pools, fields.string("model", default=next(iter(pools))))
     if model not in pools:
         raise ParamError("model", f"the model {model!r} does not exist; choose one of "
                                   f"{', '.join(pools)}", status=404)
@@ -55,7 +55,7 @@ class Tokenize:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         pool, text = parse_tokenize(read_json(req, self.layout.front.max_body_bytes),
-                                    self.layout.pools)
+                                    self.layout.names)
         resp.media = self.fanout.ask(pool, "/tokenize", {"prompt": text})
 
 
@@ -67,5 +67,5 @@ class Detokenize:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         pool, tokens = parse_detokenize(read_json(req, self.layout.front.max_body_bytes),
-                                        self.layout.pools)
+                                        self.layout.names)
         resp.media = self.fanout.ask(pool, "/detokenize", {"tokens": list(tokens)})

@@ -19,6 +19,7 @@ from fanout.params import (
     ParamError,
 )
 from frontend_api.app import create_app
+from frontend_api.events import parse_event
 from frontend_api.openapi import build_document
 from frontend_api.resources import parse_autocomplete
 from tests.conftest import LayoutFactory
@@ -29,7 +30,7 @@ from tests.frontend_api.test_resources import EchoFanout
 def layout(write_layout: LayoutFactory) -> Layout:
     # Every figure differs from the built-in defaults, so a hard-coded one shows up.
     return load_layout(write_layout(
-        pools={"alpha": {"bind": "127.0.0.1:9201", "slots": ["cpu"]},
+        pools={"alpha": {"bind": "127.0.0.1:9201", "slots": ["cpu"], "aliases": ["gpt2/a"]},
                "beta": {"bind": "127.0.0.1:9202", "slots": ["cpu", "cpu"]}},
         front={"max_samples": 5},
         generation={"defaults": {"n_samples": 2, "length": 11, "temperature": 0.7,
@@ -46,8 +47,8 @@ def test_the_document_is_valid_openapi(layout: Layout) -> None:
     document = build_document(layout)
     validate(document)  # raises on the first problem
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {"/autocomplete", "/models", "/health", "/openapi.json",
-                                      "/metrics", "/"}
+    assert set(document["paths"]) == {"/autocomplete", "/autocomplete/{model}", "/events",
+                                      "/models", "/health", "/openapi.json", "/metrics", "/"}
     responses = document["paths"]["/autocomplete"]["post"]["responses"]
     assert set(responses) == {"200", "400", "401", "404", "413", "415", "429", "502", "503", "504"}
     assert responses["503"]["headers"]["Retry-After"]["required"] is True
@@ -59,7 +60,7 @@ def test_the_document_is_valid_openapi(layout: Layout) -> None:
 
 def test_the_limits_and_defaults_are_the_layouts(layout: Layout) -> None:
     fields = request_schema(build_document(layout))["properties"]
-    assert fields["model_size"]["enum"] == ["alpha", "beta", None]
+    assert fields["model_size"]["enum"] == ["alpha", "beta", "gpt2/a", None]
     assert fields["model_size"]["default"] == "alpha"
     assert (fields["n_samples"]["maximum"], fields["n_samples"]["default"]) == (5, 2)
     assert (fields["length"]["maximum"], fields["length"]["default"]) == (77, 11)
@@ -84,7 +85,8 @@ def _bodies() -> list[Any]:
     bodies: list[Any] = [base, {}, [], "x", None, {**base, "colour": "red"},
                          {"context": "x" * 100}, {"context": "x" * 101}, {"context": 3},
                          {"context": None}, {**base, "model_size": "beta"},
-                         {**base, "model_size": "gamma"}, {**base, "model_size": 3}]
+                         {**base, "model_size": "gamma"}, {**base, "model_size": 3},
+                         {**base, "model_size": "gpt2/a"}]
     for name, (low, high) in bounds.items():
         bodies += [{**base, name: value} for value in
                    (low, high, low - 1, high + 1, float(low), float(high), 2.5, True, "3", None,
@@ -99,7 +101,7 @@ def _bodies() -> list[Any]:
 
 def _accepted(layout: Layout, body: Any) -> bool:
     try:
-        parse_autocomplete(body, layout.defaults, layout.limits, layout.pools,
+        parse_autocomplete(body, layout.defaults, layout.limits, layout.names,
                            layout.front.max_samples)
     except ParamError:
         return False
@@ -113,6 +115,34 @@ def test_the_schema_accepts_what_the_parser_accepts(layout: Layout) -> None:
         {"$ref": "#/components/schemas/AutocompleteRequest", **document})
     disagree = [(body, validator.is_valid(body)) for body in _bodies()
                 if validator.is_valid(body) != _accepted(layout, body)]
+    assert disagree == []
+
+
+def _event_bodies() -> list[Any]:
+    bodies: list[Any] = [{}, [], None, {"event": "seen"}, {"event": "dismissed", "x": 1}]
+    for extra in ({}, {"model_size": "beta"}, {"model_size": "gpt2/a"},
+                  {"model_size": "gamma"}, {"model_size": None}):
+        bodies += [{"event": "shown", "n": n, **extra} for n in (0, 1, 5, 6, None, 2.5, "2")]
+        bodies += [{"event": "accepted", "rank": r, **extra} for r in (-1, 0, 4, 5, None)]
+        bodies += [{"event": "dismissed", **extra}, {"event": "dismissed", "n": 1, **extra},
+                   {"event": "shown", "n": 1, "rank": 0, **extra},
+                   {"event": "accepted", "rank": 0, "n": None, **extra}]
+    return bodies
+
+
+def test_the_event_schema_accepts_what_the_events_parser_accepts(layout: Layout) -> None:
+    validator = Draft202012Validator({"$ref": "#/components/schemas/Event",
+                                      **build_document(layout)})
+
+    def accepted(body: Any) -> bool:
+        try:
+            parse_event(body, layout.names, layout.front.max_samples)
+        except ParamError:
+            return False
+        return True
+
+    disagree = [(body, validator.is_valid(body)) for body in _event_bodies()
+                if validator.is_valid(body) != accepted(body)]
     assert disagree == []
 
 

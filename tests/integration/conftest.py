@@ -20,14 +20,18 @@ from tests.integration.servers import RunningTiers
 
 @pytest.fixture(scope="module")
 def tiers(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[RunningTiers]:
-    """Pool ``small`` (3 single-threaded CPU workers) and a front; pool ``ghost`` is
-    in the layout but never started, to show how the front answers for a dead pool."""
+    """Pool ``small`` (3 single-threaded CPU workers, also named ``gpt2/medium``) and a
+    front; pool ``ghost`` (``gpt2/ghost``) is in the layout but never started, to show how
+    the front answers for a dead pool."""
     folder = tmp_path_factory.mktemp("tiers")
     document = layout_document(
         tiny_model_dir,
         pools={"small": {"bind": f"127.0.0.1:{free_port()}",
-                         "slots": [{"device": "cpu", "threads": 1}] * 3},
-               "ghost": {"bind": f"127.0.0.1:{free_port()}", "slots": ["cpu"]}},
+                         "slots": [{"device": "cpu", "threads": 1}] * 3,
+                         # The path Write With Transformer's clients post to.
+                         "aliases": ["gpt2/medium"]},
+               "ghost": {"bind": f"127.0.0.1:{free_port()}", "slots": ["cpu"],
+                         "aliases": ["gpt2/ghost"]}},
         front={"bind": f"127.0.0.1:{free_port()}", "network_slack": 2.0,
                "max_body_bytes": 4096},
         # A sample ends by its length, never by the clock, unless a test asks for less.

@@ -5,19 +5,22 @@ bounded, derandomised number of them, and every answer must be in the document: 
 it lists, its content type, a body its schema accepts, the headers it promises. Invalid
 requests must get a 4xx. Two exceptions, both stated in the document:
 
-- 5xx: the ``tiers`` layout names pool ``ghost`` but never starts it, so a request for
-  ``model_size: "ghost"`` is 503 (a pool that is down) and ``/health`` is 503 while it
-  is. Nothing else may be a 5xx: a refused connection is 503, never 502.
+- 5xx: the ``tiers`` layout names pool ``ghost`` (alias ``gpt2/ghost``) but never starts
+  it, so a request for it, by ``model_size`` or by the path, is 503 (a pool that is down)
+  and ``/health`` is 503 while it is. Nothing else may be a 5xx: a refused connection is
+  503, never 502.
 - a valid request may still meet a limit JSON Schema cannot state: the model's window
   (the front cannot know it: 400 naming ``length``, from the worker tier), one field
   bounded by another (``min_tokens`` at most ``length``: 400 naming ``min_tokens``) and
-  sizes in UTF-8 bytes rather than characters (413).
+  sizes in UTF-8 bytes rather than characters (413), and under ``/autocomplete/{model}``
+  a ``model_size`` naming another pool than the path (400 naming ``model_size``).
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import schemathesis
@@ -29,7 +32,7 @@ from tests.integration.servers import RunningTiers
 
 pytestmark = pytest.mark.integration
 
-GHOST = "ghost"  # configured, never started (tests/integration/conftest.py)
+GHOST = ("ghost", "gpt2/ghost")  # configured, never started (tests/integration/conftest.py)
 # schemathesis' own list of statuses that reject invalid data, plus 413: a context past
 # limits.context_bytes (its maxLength) or a body past front.max_body_bytes is too large.
 REJECTED = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428",
@@ -44,6 +47,10 @@ CONFIG = schemathesis.Config.from_dict({"checks": {
 # a handful of cases exhausts them.
 RUNS = [("POST", "/autocomplete", GenerationMode.POSITIVE, 40),
         ("POST", "/autocomplete", GenerationMode.NEGATIVE, 40),
+        ("POST", "/autocomplete/{model}", GenerationMode.POSITIVE, 20),
+        ("POST", "/autocomplete/{model}", GenerationMode.NEGATIVE, 20),
+        ("POST", "/events", GenerationMode.POSITIVE, 20),
+        ("POST", "/events", GenerationMode.NEGATIVE, 20),
         ("GET", "/models", GenerationMode.POSITIVE, 5),
         ("GET", "/health", GenerationMode.POSITIVE, 5),
         ("GET", "/openapi.json", GenerationMode.POSITIVE, 5),
@@ -56,13 +63,23 @@ def front_schema(tiers: RunningTiers) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{tiers.front_url}/openapi.json", config=CONFIG)
 
 
+def path_model(case: schemathesis.Case) -> str | None:
+    """``/autocomplete/{model}``'s pool as the server reads it (schemathesis keeps the
+    parameter percent-encoded: gpt2%2Fghost)."""
+    model = (case.path_parameters or {}).get("model")
+    return unquote(model) if isinstance(model, str) else None
+
+
 def no_server_error_but_the_ghost_pool(ctx: schemathesis.CheckContext,
                                        response: schemathesis.Response,
                                        case: schemathesis.Case) -> bool | None:
     """5xx is a failure unless the document's own reason for a 503 holds: pool ghost down."""
     status = response.status_code
     if status >= 500:
-        ghost = isinstance(case.body, dict) and case.body.get("model_size") == GHOST
+        named: list[object] = [path_model(case)]
+        if isinstance(case.body, dict) and case.operation.path != "/events":
+            named.append(case.body.get("model_size"))
+        ghost = any(name in GHOST for name in named)
         assert status == 503 and (ghost or case.path == "/health"), (
             f"{case.method} {case.path} answered {status}: {response.text[:300]}")
     return None
@@ -87,10 +104,17 @@ def valid_requests_are_served(layout: Layout) -> schemathesis.CheckFunction:
         length = body.get("length") or layout.defaults.length  # null: the default
         past_length = (status == 400 and error.get("field") == "min_tokens"
                        and (body.get("min_tokens") or 0) > length)
+        # The path chose the pool; the body's model_size named another one.
+        path_pool = path_model(case)
+        body_pool = body.get("model_size")
+        other_pool = (status == 400 and error.get("field") == "model_size"
+                      and path_pool is not None and body_pool is not None
+                      and layout.pool_named(body_pool) != layout.pool_named(path_pool))
         too_large = status == 413 and (
             len(sent) > layout.front.max_body_bytes
             or context_bytes > layout.limits.context_bytes)
-        assert past_window or past_length or too_large, f"a valid request got {status}: {error}"
+        assert past_window or past_length or other_pool or too_large, (
+            f"a valid request got {status}: {error}")
         return None
 
     return check
