@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from fanout.layout import GenerationDefaults, GenerationLimits
-from fanout.protocol import GenerationParams
+from fanout.protocol import STOP_AT, GenerationParams
 
 # Bounds that are the same for every layout; GET /openapi.json publishes them too.
 MAX_SEED = 2**63 - 1
@@ -39,7 +39,7 @@ class ParamError(ValueError):
 
 GENERATION_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top_p",
                                "max_time", "max_tokens", "seed", "stop", "min_tokens",
-                               "context_ids", "logprobs", "echo", "presence_penalty",
+                               "stop_at", "context_ids", "logprobs", "echo", "presence_penalty",
                                "frequency_penalty", "logit_bias"})
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
@@ -70,8 +70,9 @@ def check_context(name: str, text: str, limits: GenerationLimits) -> None:
 
 
 def read_generation(fields: Fields, defaults: GenerationDefaults,
-                    limits: GenerationLimits) -> GenerationParams:
-    """The generation fields of a body (``/generate``'s, or ``/autocomplete``'s)."""
+                    limits: GenerationLimits, stop_at: str = "none") -> GenerationParams:
+    """The generation fields of a body (``/generate``'s, or ``/autocomplete``'s);
+    ``stop_at``: the route's default for that field (a worker's is the neutral "none")."""
     context_ids = fields.token_ids("context_ids")
     context = fields.string("context", default="" if context_ids is not None else None)
     check_context("context", context, limits)
@@ -89,6 +90,7 @@ def read_generation(fields: Fields, defaults: GenerationDefaults,
         seed=fields.optional_integer("seed", 0, MAX_SEED),
         stop=fields.stop_sequences("stop"),
         min_tokens=fields.min_tokens("length", length),
+        stop_at=fields.choice("stop_at", stop_at, STOP_AT),
         context_ids=context_ids,
         logprobs=fields.optional_integer("logprobs", 0, MAX_LOGPROBS),
         echo=echo,
@@ -142,6 +144,14 @@ class Fields:
             return default
         if not isinstance(value, bool):
             raise ParamError(name, f"must be true or false, not {json_type(value)}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """One of ``choices``, as a string."""
+        value = self.string(name, default)
+        if value not in choices:
+            raise ParamError(name, f"must be one of {', '.join(choices)}, not "
+                                   f"{_encodable(repr(value)[:_SHOWN_CHARS])}")
         return value
 
     def stop_sequences(self, name: str) -> tuple[str, ...]:

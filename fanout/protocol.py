@@ -11,7 +11,7 @@ line, the last with ``"done": true``)::
 
     POST /generate         {"context", "length", "temperature", "top_k", "top_p", "max_time",
                             and when not neutral "max_tokens", "seed", "stop", "min_tokens",
-                            "context_ids", "logprobs", "echo", "presence_penalty",
+                            "stop_at", "context_ids", "logprobs", "echo", "presence_penalty",
                             "frequency_penalty", "logit_bias": {"id": bias}}
     completion             {"text", "tokens", "finish_reason", "time", "seed",
                             "context_tokens", ["prompt_text"],
@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
 NDJSON_TYPE = "application/x-ndjson"  # what /generate/stream answers
+# GenerationParams.stop_at's values; "none" (the neutral one) is sent as no field at all.
+STOP_AT = ("none", "word", "sentence", "line", "paragraph")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,10 @@ class GenerationParams:
     # Neither end of text nor a stop sequence ends a completion before this many tokens
     # (vLLM's min_tokens); 0 is no minimum.
     min_tokens: int = 0
+    # Where the text may end (one of STOP_AT): "none" wherever length, time or a stop ends
+    # it; otherwise only after a whole word, sentence, line or paragraph (the worker goes
+    # on a few tokens past length to reach one, or cuts back to the last one reached).
+    stop_at: str = "none"
     # The context as token ids (an OpenAI prompt sent as ids): used instead of ``context``.
     context_ids: tuple[int, ...] | None = None
     # Log-probabilities of the chosen tokens, with this many likeliest alternatives (0-5)
@@ -81,6 +87,7 @@ class GenerationParams:
 
 # The fields to_json leaves out at these values (and any field at None or ()).
 _NEUTRAL: dict[str, Any] = {"max_tokens": None, "seed": None, "min_tokens": 0,
+                            "stop_at": "none",
                             "context_ids": None, "logprobs": None, "echo": False,
                             "presence_penalty": 0.0, "frequency_penalty": 0.0}
 

@@ -14,6 +14,14 @@ host that refuses or cannot be reached is skipped for the next. A pool none of w
 hosts can be reached is down: the request fails at once with 503 and Retry-After.
 Samples still out when the request ends (deadline, or the client went away) have their
 connections cut, which tells their workers to stop generating.
+
+Distinct samples (``AutocompleteRequest.distinct``, not for streams: a streamed text is
+shown before it is known to repeat another): a sample whose text, trimmed and with its
+whitespace collapsed, is empty, an earlier sample's of the same prompt or one the request
+excludes is sent again with the next seed (a prompt's samples have seed..seed+n-1, so
+seed+n, seed+n+1, ...; unseeded, a fresh one) on the worker it just freed, while the
+deadline allows and at most MAX_RESAMPLES times a sample. Until a distinct one comes,
+the repeat stands: a sample that cannot be replaced in time is answered as it is.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any, TypeVar
 
 from fanout.layout import Pool
 from fanout.observe import current_request_id, note
+from fanout.params import MAX_SEED
 from fanout.protocol import GenerationParams, StreamPiece, WorkerCompletion
 from frontend_api.errors import (
     POOL_DOWN_RETRY_AFTER,
@@ -50,6 +59,10 @@ POLL_SECONDS = 0.05
 # of the deadline left: less than that cannot produce a useful sample.
 MAX_RETRIES = 2
 RETRY_MIN_SECONDS = 0.2
+# A sample that repeats another is sent again at most this often (distinct requests); not
+# at all when the workers decode greedily (below this temperature), which repeats it.
+MAX_RESAMPLES = 2
+GREEDY_BELOW = 1e-6  # worker_api.engines.base.MIN_SAMPLING_TEMPERATURE
 
 _Result = TypeVar("_Result")
 
@@ -85,9 +98,13 @@ class FanoutClient:
         # Read here: the fan-out threads that send the samples serve no request of their own.
         request_id = current_request_id()
         SAMPLES.labels(pool.name).observe(request.n_samples)
-        pending = {self.executor.submit(self._sample, pool, params, deadline, cutters[i],
-                                        request_id): i
-                   for i, params in enumerate(request.sample_params())}
+
+        def send(index: int, params: GenerationParams) -> futures.Future[Sample]:
+            return self.executor.submit(self._sample, pool, params, deadline, cutters[index],
+                                        request_id)
+
+        pending = {send(i, params): i for i, params in enumerate(request.sample_params())}
+        distinct = Distinct(request) if request.distinct else None
         samples: dict[int, Sample] = {}
         failed: dict[int, Failure] = {}
         waiting = set(pending)
@@ -99,6 +116,14 @@ class FanoutClient:
                     index, error = pending[future], future.exception()
                     if error is None:
                         samples[index] = future.result()
+                        again = distinct and distinct.again(index, samples[index].text,
+                                                            deadline - time.monotonic())
+                        if again:  # a repeat: it stands until a distinct one comes
+                            resent = send(index, again)
+                            pending[resent] = index
+                            waiting.add(resent)
+                    elif index in samples:
+                        pass  # a repeat's second try failed: the repeat stands
                     elif isinstance(error, WorkerTierError) and error.ends_request:
                         raise error
                     else:
@@ -110,18 +135,20 @@ class FanoutClient:
                 future.cancel()  # not yet sent: never will be
                 cutters[pending[future]].cut_now()  # sent: its worker stops generating
         for future in waiting:
-            failed[pending[future]] = Failure(pending[future], 504,
-                                              "no answer before the deadline")
+            if pending[future] not in samples:
+                failed[pending[future]] = Failure(pending[future], 504,
+                                                  "no answer before the deadline")
         for failure in failed.values():
             SAMPLE_FAILURES.labels(pool.name, str(failure.status)).inc()
         if not samples:
             raise _all_failed(pool, sorted(failed.values(), key=lambda f: f.index))
         if failed:
             log.warning("pool %s: %d of %d samples failed: %s", pool.name, len(failed),
-                        len(pending), "; ".join(f.reason for f in failed.values()))
+                        request.n_samples, "; ".join(f.reason for f in failed.values()))
         note(partial=bool(failed))
         return Gathered([samples[i] for i in sorted(samples)],
-                        [failed[i] for i in sorted(failed)])
+                        [failed[i] for i in sorted(failed)],
+                        resampled=distinct.resampled if distinct else 0)
 
     def _sample(self, pool: Pool, params: GenerationParams, deadline: float,
                 cutter: Cutter, request_id: str | None = None) -> Sample:
@@ -276,6 +303,44 @@ class FanoutClient:
         self.watcher.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.transport.close()
+
+
+class Distinct:
+    """A distinct request's bookkeeping: the texts each prompt has (and those excluded),
+    and which sample to send again with which seed."""
+
+    def __init__(self, request: AutocompleteRequest) -> None:
+        self.request, self.params = request, request.sample_params()
+        excluded = {normalized(text) for text in request.exclude}
+        self.texts = [set(excluded) for _ in range(max(1, len(request.prompts)))]
+        self.sent_again = [0] * len(self.texts)  # per prompt: the next seed's offset
+        self.tries = [0] * request.n_samples
+        self.resampled = 0
+
+    def again(self, index: int, text: str, left: float) -> GenerationParams | None:
+        """The parameters to send sample ``index`` again with when ``text`` repeats (and
+        time and its tries allow); None when it stands."""
+        prompt, per = index // self.request.per_prompt, self.request.per_prompt
+        key = normalized(text)
+        if key and key not in self.texts[prompt]:
+            self.texts[prompt].add(key)
+            return None
+        params = self.params[index]
+        if (self.tries[index] >= MAX_RESAMPLES or left < RETRY_MIN_SECONDS
+                or params.temperature < GREEDY_BELOW):
+            return None
+        seed = self.request.params.seed
+        offset = per + self.sent_again[prompt]
+        self.tries[index] += 1
+        self.sent_again[prompt] += 1
+        self.resampled += 1
+        return replace(params, seed=None if seed is None else (seed + offset) % (MAX_SEED + 1),
+                       max_time=max(0.01, min(params.max_time, left - RETRY_MIN_SECONDS)))
+
+
+def normalized(text: str) -> str:
+    """A text as distinct samples compare it: trimmed, its whitespace collapsed."""
+    return " ".join(text.split())
 
 
 def _status(ready: int, workers: int) -> str:

@@ -19,12 +19,18 @@ class AutocompleteRequest:
     ``prompts``, when set, is a batch (OpenAI's list of prompts): ``n_samples`` is then
     spread evenly over them, prompt by prompt, so sample i answers prompt
     ``i // (n_samples // len(prompts))``. ``params`` is the first prompt's.
+
+    ``distinct``: a sample that repeats another of its prompt, or one of ``exclude``
+    (compared with whitespace trimmed and collapsed), or is empty, is sent again with the
+    next seed while the deadline allows (``frontend_api.fanout``).
     """
 
     model_size: str
     n_samples: int
     params: GenerationParams
     prompts: tuple[GenerationParams, ...] = ()
+    distinct: bool = False
+    exclude: tuple[str, ...] = ()
 
     @property
     def per_prompt(self) -> int:
@@ -71,3 +77,4 @@ class Gathered:
 
     samples: list[Sample]
     failed: list[Failure]
+    resampled: int = 0  # samples sent again for repeating another (``distinct``)

@@ -129,3 +129,14 @@ def test_the_autocomplete_route_has_no_stop_but_the_worker_does() -> None:
         autocomplete({"context": "x", "stop": "."})
     assert parse_generation({"context": "x", "stop": [".", "!"]}, DEFAULTS,
                             LIMITS).stop == (".", "!")
+
+
+def test_the_worker_reads_stop_at_and_takes_none_when_left_out() -> None:
+    assert parse_generation({"context": "x"}, DEFAULTS, LIMITS).stop_at == "none"
+    sentence = parse_generation({"context": "x", "stop_at": "sentence"}, DEFAULTS, LIMITS)
+    assert sentence.stop_at == "sentence" and sentence.to_json()["stop_at"] == "sentence"
+    with pytest.raises(ParamError, match="stop_at: must be one of none, word, sentence, "
+                                         "line, paragraph, not 'clause'"):
+        parse_generation({"context": "x", "stop_at": "clause"}, DEFAULTS, LIMITS)
+    with pytest.raises(ParamError, match="stop_at: must be a string"):
+        parse_generation({"context": "x", "stop_at": 1}, DEFAULTS, LIMITS)

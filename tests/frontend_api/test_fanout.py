@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,7 +17,7 @@ from fanout.peer import peer_gone
 from fanout.protocol import GenerationParams
 from fanout.tools.ports import free_port
 from frontend_api.errors import ClientGone, WorkerTierError
-from frontend_api.fanout import FanoutClient
+from frontend_api.fanout import MAX_RESAMPLES, FanoutClient
 from frontend_api.samples import AutocompleteRequest
 
 # (status, body) for one /generate request, given its JSON body; DROP closes the
@@ -310,3 +311,89 @@ def test_a_pool_none_of_whose_hosts_answer_is_down() -> None:
     assert caught.value.status == 503 and caught.value.retry_after
     assert "none of its 2 hosts could be reached" in caught.value.description
     assert f"{gone[1].url} refused the connection" in caught.value.description
+
+
+def by_seed(texts: dict[int | None, str], default: str = "other") -> Behaviour:
+    """Answers each seed with its text (others with ``default``)."""
+    def behaviour(body: dict[str, Any]) -> tuple[int, Any]:
+        status, answer = good(body)
+        return status, {**answer, "text": texts.get(body.get("seed"), default)}
+    return behaviour
+
+
+def distinct(n: int = 3, seed: int | None = 5, exclude: tuple[str, ...] = (),
+             max_time: float = 1.0) -> AutocompleteRequest:
+    return replace(request(n=n, seed=seed, max_time=max_time), distinct=True, exclude=exclude)
+
+
+def test_repeats_and_empty_samples_are_sent_again_with_the_next_seeds(
+        tier: WorkerTier, client: FanoutClient) -> None:
+    # 5 and 6 say the same (6 with other spacing), 7 says nothing: 8 and 9 replace them.
+    tier.behaviour = by_seed({5: "the same", 6: " the  same\n", 7: " ", 8: "new", 9: "newer"})
+    gathered = client.complete(distinct())
+    # Whichever of 5 and 6 came first stands.
+    assert sorted(s.text.strip() for s in gathered.samples) == ["new", "newer", "the  same"] \
+        or sorted(s.text for s in gathered.samples) == ["new", "newer", "the same"]
+    assert gathered.resampled == 2 and gathered.failed == []
+    assert sorted(body["seed"] for body in tier.seen) == [5, 6, 7, 8, 9]
+    # Without distinct, the repeats stand and nothing is sent again.
+    tier.seen.clear()
+    plain = client.complete(request(n=3))
+    assert plain.resampled == 0 and len(tier.seen) == 3
+
+
+def test_excluded_texts_count_as_repeats(tier: WorkerTier, client: FanoutClient) -> None:
+    tier.behaviour = by_seed({5: "shown before", 6: "fresh", 7: "fresh  ", 8: "a", 9: "b"})
+    gathered = client.complete(distinct(exclude=("shown  before ",)))
+    # Whichever of 6 and 7 came first stands.
+    assert sorted(s.text.strip() for s in gathered.samples) == ["a", "b", "fresh"]
+    assert gathered.resampled == 2
+
+
+def test_a_sample_that_keeps_repeating_stands_after_its_tries(
+        tier: WorkerTier, client: FanoutClient) -> None:
+    tier.behaviour = by_seed({}, default="always")
+    gathered = client.complete(distinct(n=2))
+    assert [s.text for s in gathered.samples] == ["always", "always"]
+    assert gathered.resampled == MAX_RESAMPLES and len(tier.seen) == 2 + MAX_RESAMPLES
+    # Seeds go on from seed + n: 5, 6, then 7 and 8 for the repeat.
+    assert sorted(body["seed"] for body in tier.seen) == [5, 6, 7, 8]
+
+
+def test_unseeded_repeats_are_sent_again_unseeded(tier: WorkerTier,
+                                                  client: FanoutClient) -> None:
+    tier.behaviour = by_seed({}, default="")
+    gathered = client.complete(distinct(n=1, seed=None))
+    assert gathered.resampled == MAX_RESAMPLES and "seed" not in tier.seen[-1]
+
+
+def test_greedy_repeats_are_not_sent_again(tier: WorkerTier, client: FanoutClient) -> None:
+    tier.behaviour = by_seed({}, default="same")
+    greedy = distinct()
+    greedy = replace(greedy, params=replace(greedy.params, temperature=0.0))
+    assert client.complete(greedy).resampled == 0 and len(tier.seen) == 3
+
+
+def test_a_repeat_is_not_sent_again_past_the_deadline(tier: WorkerTier,
+                                                      client: FanoutClient) -> None:
+    def slow_repeats(body: dict[str, Any]) -> tuple[int, Any]:
+        if body["seed"] >= 7:  # the second tries hang: the repeat stands at the deadline
+            return HANG, None
+        return good(body)
+    tier.behaviour = slow_repeats
+    started = time.monotonic()
+    gathered = client.complete(distinct(n=2, max_time=0.3))
+    assert time.monotonic() - started < 0.3 + 0.5 + SCHEDULING
+    assert [s.text for s in gathered.samples] == ["cba", "cba"] and gathered.failed == []
+    assert gathered.resampled == 1 and tier.abandoned.wait(5)
+
+
+def test_batches_compare_samples_of_the_same_prompt(tier: WorkerTier,
+                                                    client: FanoutClient) -> None:
+    tier.behaviour = by_seed({}, default="same")  # each prompt's first sample stands
+    batch = distinct(n=4)
+    batch = replace(batch, prompts=(batch.params, replace(batch.params, context="xyz")))
+    gathered = client.complete(batch)
+    assert gathered.resampled == 2 * MAX_RESAMPLES  # one repeat per prompt, tried twice
+    # Each prompt's repeat goes on from seed + 2 (its samples had 5 and 6).
+    assert sorted(body["seed"] for body in tier.seen) == [5, 5, 6, 6, 7, 7, 8, 8]

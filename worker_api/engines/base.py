@@ -35,6 +35,7 @@ import psutil
 from fanout.model_files import ModelLoadError
 from fanout.params import MAX_SEED, ParamError
 from fanout.protocol import GenerationParams, StreamPiece, WorkerCompletion
+from worker_api.engines.endings import EXTRA_TOKENS, Ending
 from worker_api.engines.logprobs import (
     Entry,
     Logprobs,
@@ -104,36 +105,56 @@ class Prompt:
     text: str  # echo's prompt_text ("" unless echo asked)
 
 
-def stop_at(text: str, stops: tuple[str, ...], floor: int = 0) -> int | None:
+def stop_start(text: str, stops: tuple[str, ...], floor: int = 0) -> int | None:
     """Where ``text`` ends: the start of the first stop sequence that ends past ``floor``
     characters (the text of the first ``min_tokens`` tokens), or None."""
     found = [at for stop in stops if (at := text.find(stop, max(0, floor - len(stop) + 1))) >= 0]
     return min(found) if found else None
 
 
+def extra_tokens(params: GenerationParams, window: int) -> int:
+    """Tokens a completion may take past ``length`` to reach its ``stop_at`` boundary (and
+    still fit the model's window)."""
+    if params.stop_at == "none" or not params.length:
+        return 0
+    return max(0, min(EXTRA_TOKENS, window - 1 - params.length))
+
+
 class Decoding:
-    """One completion's text as its tokens arrive (see the module docstring)."""
+    """One completion's text as its tokens arrive (see the module docstring).
+
+    With ``stop_at``, a text that reaches ``length`` tokens inside a word (sentence,
+    line, paragraph) goes on for up to ``extra`` tokens to finish it; if it does not by
+    then (or time runs out, or the front hangs up), it is cut back to the last boundary
+    it reached (``worker_api.engines.endings``). End of text and stop sequences end it as
+    they do without. Until the end is known, a stream sends no text past the last
+    boundary, so the pieces add up to the text kept.
+    """
 
     def __init__(self, detokenize: Callable[[list[int]], str], eos_token_id: int,
-                 params: GenerationParams) -> None:
+                 params: GenerationParams, extra: int = 0) -> None:
         self.detokenize, self.eos_token_id, self.params = detokenize, eos_token_id, params
         self.ids: list[int] = []
         self.ends: list[int] = []  # where each token's text ends (whole characters only)
         self.text = ""
-        self.cut: int | None = None  # where a stop sequence starts
+        self.cut: int | None = None  # where the kept text ends, once known
+        self.stopped = False  # a stop sequence decided ``cut``
         self.floor: int | None = 0 if params.min_tokens == 0 else None
         self.end_of_text = False
         self.sent = 0
         self.hold = max((len(stop) for stop in params.stop), default=1) - 1
+        self.ending = None if params.stop_at == "none" else Ending(params.stop_at)
+        self.limit = params.length + (extra if self.ending is not None else 0)
+        self.base: int | None = None  # the text's end at ``length`` tokens, less whitespace
 
     @property
     def finished(self) -> bool:
-        return self.end_of_text or self.cut is not None or len(self.ids) >= self.params.length
+        return self.end_of_text or self.cut is not None or len(self.ids) >= self.limit
 
     @property
     def count(self) -> int:
-        """The tokens the completion keeps: past a stop sequence, those whose text starts
-        before it (end of text is no token of the completion)."""
+        """The tokens the completion keeps: past a stop sequence or a boundary, those whose
+        text starts before it (end of text is no token of the completion)."""
         if self.cut is None:
             return len(self.ids)
         return 0 if self.cut == 0 else 1 + min(bisect_left(self.ends, self.cut),
@@ -160,29 +181,63 @@ class Decoding:
         self.ends.append(max(clean_length(self.text), self.ends[-1] if self.ends else 0))
         if self.floor is None and len(self.ids) >= self.params.min_tokens:
             self.floor = len(self.text)
-        if self.floor is not None:
-            self.cut = stop_at(self.text, self.params.stop, self.floor)
-        # Sendable: up to the stop sequence, or all but what could still begin one (and
-        # a partial character).
+        if self.floor is not None and self.params.stop:
+            self.cut = stop_start(self.text, self.params.stop, self.floor)
+            self.stopped = self.cut is not None
+        if self.ending is not None and self.cut is None:
+            self._look_for_the_end()
+        # Sendable: up to where the text ends, or all but what could still begin a stop
+        # sequence (and a partial character), and with stop_at not past the last boundary.
         end = (self.cut if self.cut is not None
-               else min(len(self.text) - self.hold, self.ends[-1]))
+               else min(len(self.text) - self.hold, self.ends[-1], self._boundary()))
         if end <= self.sent:
             return ""
         piece, self.sent = self.text[self.sent:end], end
         return piece
 
+    def _look_for_the_end(self) -> None:
+        """Past ``length`` tokens: stop at the first boundary, or cut back at the limit."""
+        if len(self.ids) < self.params.length:
+            return
+        assert self.ending is not None and self.floor is not None  # min_tokens <= length
+        whole = self.text[:self.ends[-1]]
+        if self.base is None:
+            self.base = len(whole.rstrip())
+        self.cut = self.ending.reached(whole, self.base, self.floor)
+        if self.cut is None and len(self.ids) >= self.limit:
+            self._cut_back()
+
+    def _boundary(self) -> int:
+        """How far a stream may send while the end is open: the last stable boundary past
+        the floor (every end it may get lies at or past it)."""
+        if self.ending is None:
+            return len(self.text)
+        floor = self.floor or 0
+        return max(floor, self.ending.stable(self.text[:self.ends[-1]]))
+
+    def _cut_back(self) -> None:
+        """The text ends at its last boundary (before a time-out's end, past the floor); if
+        ``min_tokens`` leaves none, at ``length`` tokens."""
+        assert self.ending is not None
+        whole = self.text[:self.ends[-1]] if self.ends else ""
+        base = self.base if self.base is not None else len(whole.rstrip())
+        floor = len(whole) if self.floor is None else self.floor
+        cut = self.ending.end(whole, base, floor)
+        if cut is None:  # min_tokens forbids every boundary there is: keep the budget
+            cut = self.ends[min(self.params.length, len(self.ends)) - 1] if self.ends else 0
+        self.cut = cut
+
     def completion(self, started: float, seed: int | None, context_tokens: int,
                    abandoned: bool) -> Completion:
-        if self.cut is not None:  # the text ends before the stop sequence, not returned
-            text, reason = self.text[:self.cut], "stop"
+        if self.ending is not None and self.cut is None and not self.end_of_text:
+            self._cut_back()
+        if self.stopped or self.end_of_text:
+            reason = "stop"
+        elif len(self.ids) >= self.params.length:
+            reason = "length"
         else:
-            text = self.text
-            if self.end_of_text:
-                reason = "stop"
-            elif len(self.ids) >= self.params.length:
-                reason = "length"
-            else:
-                reason = "abandoned" if abandoned else "time"
+            reason = "abandoned" if abandoned else "time"
+        text = self.text if self.cut is None else self.text[:self.cut]
         return Completion(text=text, tokens=self.count, finish_reason=reason,
                           time=time.perf_counter() - started, seed=seed,
                           context_tokens=context_tokens)
@@ -304,7 +359,10 @@ class Engine(ABC):
     def _run(self, params: GenerationParams, abandoned: Callable[[], bool] | None,
              streaming: bool) -> Iterator[str | Piece | Completion]:
         started = time.perf_counter()
-        prompt = self.prompt(params)
+        extra = extra_tokens(params, self.window)
+        # The engine may sample ``extra`` tokens more, and the context leaves room for them.
+        sampled = replace(params, length=params.length + extra) if extra else params
+        prompt = self.prompt(sampled)
         report = _Report(self, params, prompt)
         live = streaming and params.logprobs is not None
         scores: list[Scored] | None = [] if live else None
@@ -312,9 +370,9 @@ class Engine(ABC):
             yield Piece("", prompt_text=prompt.text,
                         logprobs=tuple(report.prompt_entries()) if live else None)
         wanted = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
-        tokens, seed = (self.sample(params, prompt.ids, wanted, scores) if params.length
+        tokens, seed = (self.sample(sampled, prompt.ids, wanted, scores) if params.length
                         else (iter(()), params.seed))
-        decoding = Decoding(self.detokenize, self.eos_token_id, params)
+        decoding = Decoding(self.detokenize, self.eos_token_id, params, extra)
         deadline = started + params.max_time
         gone = False
         try:
