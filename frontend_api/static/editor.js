@@ -1,6 +1,7 @@
 // fanout's editor: write, press Tab, pick one of N completions from the front API.
 // Typing what a shown suggestion goes on with keeps the list open (type-through), and
-// with "Suggest while typing" on, a pause in typing asks as Tab would.
+// with "Suggest while typing" on, a pause in typing asks as Tab would. What the writer
+// does with each list (shown, accepted at a rank, dismissed) is reported to POST /events.
 // Plain browser JavaScript, no build step. The document and the settings live in
 // localStorage, so a reload or a failed request never loses what was written.
 "use strict";
@@ -28,6 +29,7 @@ let asked = { head: "", tail: "" };  // the text before and after the anchor whe
 let typed = "";           // typed through at the anchor: consumed from every shown suggestion
 let leaveOnTab = false;   // Esc with nothing open, then Tab: move focus on (no keyboard trap)
 let preferredModel;      // the model saved in the settings, until the list of models loads
+let listModel;           // the model_size the open list came from, for its events
 
 // ---- settings and document persistence -------------------------------------------
 
@@ -97,6 +99,21 @@ async function errorMessage(response) {
   return `${what} (${response.status}${detail ? ": " + detail : ""}). Your text is safe.`;
 }
 
+// What the writer did with the open list, for the operator's counters: fire and forget,
+// never in the way of typing (no await); keepalive lets it outlive the page closing.
+// Events: shown {n} when a list opens; accepted {rank} on Enter or a click, rank being the
+// suggestion's place in the list as first shown (type-through narrows the list, not the
+// rank); dismissed on Esc or when typing closes the list. A list replaced by a new request,
+// emptied by failures or closed by leaving the editor reports nothing.
+function report(event, fields = {}) {
+  let headers;
+  try {
+    headers = { "Content-Type": "application/json", ...authHeaders() };
+  } catch { return; }  // a malformed key: the request itself says so
+  const body = JSON.stringify({ event, model_size: listModel, ...fields });
+  fetch("/events", { method: "POST", headers, body, keepalive: true }).catch(() => {});
+}
+
 async function loadModels(preferred) {
   try {
     const response = await fetch("/models", { headers: authHeaders() });
@@ -127,6 +144,7 @@ async function requestSuggestions() {
   showStatus("Thinking…", "busy");
   // The editor's own settings stay here; the rest is the request's body.
   const { stream, suggest_while_typing: _, ...fields } = readSettings();
+  listModel = fields.model_size;
   const context = asked.head;
   const started = performance.now();
   try {
@@ -225,6 +243,8 @@ function abortInFlight() {
 // ---- the suggestion list ----------------------------------------------------------
 
 function openList(sentences) {
+  sentences.forEach((sentence, rank) => { sentence.rank = rank; });  // kept as it narrows
+  report("shown", { n: sentences.length });
   suggestions = sentences;
   shown = [];
   selected = -1;
@@ -314,7 +334,9 @@ function select(position) {
 }
 
 function choose(position) {
-  const rest = suggestions[shown[position]].value.slice(typed.length);
+  const chosen = suggestions[shown[position]];
+  report("accepted", { rank: chosen.rank });
+  const rest = chosen.value.slice(typed.length);
   const caret = anchor + typed.length;
   abortInFlight();  // a suggestion still streaming is taken as it stands
   editor.setRangeText(rest, caret, caret, "end");
@@ -449,6 +471,7 @@ editor.addEventListener("keydown", (event) => {
     leaveOnTab = !open && !inFlight;
     cancelSuggestTimer();
     abortInFlight();
+    if (open) report("dismissed");
     closeList();
   }
 });
@@ -458,6 +481,7 @@ editor.addEventListener("input", () => {
   noteKeystroke();
   if (!list.hidden && typeThrough()) return;  // the open list follows the typing
   abortInFlight();  // the context changed: whatever is coming is stale
+  if (!list.hidden) report("dismissed");  // typed on past every suggestion
   closeList();
   scheduleSuggest();
 });
