@@ -75,11 +75,22 @@ def count(event: SuggestionEvent) -> None:
         SUGGESTIONS_DISMISSED.labels(event.pool).inc()
 
 
+def zero_counters(layout: Layout) -> None:
+    """Every pool's series at 0 from the start (at most pools x front.max_samples each), so
+    that a rank nobody took reads 0 rather than missing, and rates hold from the first."""
+    for pool in layout.pools:
+        SUGGESTIONS_DISMISSED.labels(pool)
+        for rank in range(layout.front.max_samples):
+            SUGGESTIONS_SHOWN.labels(pool, str(rank))
+            SUGGESTIONS_ACCEPTED.labels(pool, str(rank))
+
+
 class Events:
     """``POST /events``: one event, counted; 204 with no body."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
+        zero_counters(layout)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, min(MAX_BODY_BYTES, self.layout.front.max_body_bytes))

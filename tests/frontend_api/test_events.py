@@ -53,6 +53,18 @@ def test_each_event_moves_its_counter_by_pool_and_rank(layout: Layout) -> None:
                                      {"pool": "gpt2/evsmall", "rank": "1"}) is None
 
 
+def test_every_pool_and_rank_reads_0_before_any_event(write_layout: LayoutFactory) -> None:
+    client(load_layout(write_layout(pools={
+        "evfresh": {"bind": "127.0.0.1:9101", "slots": ["cpu"]}}, front={"max_samples": 2},
+        generation={"defaults": {"n_samples": 2}})))
+    for name, labels in (("shown", {"rank": "1"}), ("accepted", {"rank": "0"}),
+                         ("dismissed", {})):
+        assert REGISTRY.get_sample_value(f"fanout_suggestions_{name}_total",
+                                         {"pool": "evfresh", **labels}) == 0.0
+    assert REGISTRY.get_sample_value("fanout_suggestions_shown_total",
+                                     {"pool": "evfresh", "rank": "2"}) is None
+
+
 @pytest.mark.parametrize(("body", "field", "status"), [
     ({}, "event", 400),
     ([], "body", 400),
