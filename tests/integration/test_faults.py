@@ -178,14 +178,16 @@ def test_a_client_that_leaves_leaves_no_work_behind(tiers: RunningTiers) -> None
 
 
 def test_past_its_bounds_the_front_answers_503_at_once(tiers: RunningTiers) -> None:
-    # 3 workers, 3 queued samples: two requests of 3 long samples fill the pool.
+    # 3 workers, 3 queued samples: two requests of 3 long samples fill the pool. The
+    # workers are stopped first, so no admitted sample can end (however slow this machine)
+    # before the front has counted both requests and the test has knocked three times;
+    # the front's bounds count samples it sent, whatever the workers are doing.
     workers = list(tiers.ready_slots("small").values())
     with ThreadPoolExecutor(2) as executor:
-        admitted = [executor.submit(post, tiers, n_samples=3, max_time=1.5, **LONG)
-                    for _ in range(2)]
-        tiers.wait_serving("small", workers)
-        tiers.wait_inflight(2)
-        with paused(workers):  # the pool stays full for as long as the test knocks
+        with paused(workers):
+            admitted = [executor.submit(post, tiers, n_samples=3, max_time=1.5, **LONG)
+                        for _ in range(2)]
+            tiers.wait_inflight(2)
             refused = [timed_post(tiers, n_samples=3, max_time=1.5, **LONG) for _ in range(3)]
         assert [future.result().status_code for future in admitted] == [200, 200]
 
