@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 from playwright.sync_api import Browser, Page, Request, expect
 
 from tests.integration.browser import editor_page, options
@@ -59,7 +60,15 @@ def ask(page: Page) -> None:
     expect(page.locator("#suggestions [role=option]")).to_have_count(3)
 
 
-def test_accepting_the_second_suggestion_reports_rank_1(page: Page) -> None:
+def accepted_at(tiers: RunningTiers, rank: int) -> float:
+    """fanout_suggestions_accepted_total{pool="small",rank} in the front's /metrics."""
+    metrics = requests.get(f"{tiers.front_url}/metrics", timeout=10).text
+    line = f'fanout_suggestions_accepted_total{{pool="small",rank="{rank}"}} '
+    return float(next(row for row in metrics.splitlines() if row.startswith(line)).split()[-1])
+
+
+def test_accepting_the_second_suggestion_reports_rank_1(page: Page, tiers: RunningTiers) -> None:
+    before = accepted_at(tiers, 1)
     events = Events(page)
     page.locator("#document").click()
     page.keyboard.type("The nation")
@@ -73,6 +82,7 @@ def test_accepting_the_second_suggestion_reports_rank_1(page: Page) -> None:
     assert events.next(1) == {"event": "accepted", "model_size": "small", "rank": 1}
     assert page.locator("#document").input_value() == "The nation" + chosen
     assert events.requests[1].headers.get("authorization") is None  # no key set
+    assert accepted_at(tiers, 1) == before + 1  # counted by the real front
 
 
 def test_esc_and_typing_on_dismiss_and_a_new_request_does_not(page: Page) -> None:
