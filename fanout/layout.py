@@ -84,6 +84,9 @@ class GenerationDefaults:
     top_p: float = 0.9
     max_time: float = 3.0
     n_samples: int = 3
+    # Where /autocomplete's suggestions end unless a request says (fanout.protocol.STOP_AT);
+    # /v1/completions keeps OpenAI's "none" (max_tokens a hard cap, the text unaltered).
+    stop_at: str = "word"
 
 
 @dataclass(frozen=True)
@@ -393,7 +396,7 @@ class _Parser:
     def defaults(self, value: Any, limits: GenerationLimits, front: Front) -> GenerationDefaults:
         key, base = "generation.defaults", GenerationDefaults()
         spec = self.mapping(value, key, optional={
-            "length", "temperature", "top_k", "top_p", "max_time", "n_samples"})
+            "length", "temperature", "top_k", "top_p", "max_time", "n_samples", "stop_at"})
         return GenerationDefaults(
             length=self.integer(spec, key, "length", base.length, low=1, high=limits.length),
             temperature=self.number(spec, key, "temperature", base.temperature,
@@ -404,7 +407,15 @@ class _Parser:
                                  low=0.01, high=limits.max_time),
             n_samples=self.integer(spec, key, "n_samples", base.n_samples,
                                    low=1, high=front.max_samples),
+            stop_at=self.stop_at(spec.get("stop_at", base.stop_at), f"{key}.stop_at"),
         )
+
+    def stop_at(self, value: Any, key: str) -> str:
+        from fanout.protocol import STOP_AT  # here: `fanout --help` loads the layout alone
+
+        if value not in STOP_AT:
+            raise self.fail(key, f"{value!r} is not one of {', '.join(STOP_AT)}")
+        return str(value)
 
     def pool(self, name: Any, value: Any, limits: GenerationLimits) -> Pool:
         key = f"pools.{name}"

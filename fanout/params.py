@@ -43,6 +43,9 @@ GENERATION_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top
                                "frequency_penalty", "logit_bias"})
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
+# ``exclude`` (distinct requests at the front): earlier suggestions, so many of so long.
+MAX_EXCLUDE = 16
+MAX_EXCLUDE_CHARS = 2048
 
 
 def generation_body_limit(limits: GenerationLimits, front_max_body_bytes: int) -> int:
@@ -98,6 +101,15 @@ def read_generation(fields: Fields, defaults: GenerationDefaults,
         frequency_penalty=fields.number("frequency_penalty", 0.0, -MAX_PENALTY, MAX_PENALTY),
         logit_bias=fields.logit_bias("logit_bias"),
     )
+
+
+def read_distinct(fields: Fields) -> tuple[bool, tuple[str, ...]]:
+    """The front's ``distinct`` and ``exclude`` (texts that count as repeats; sending any
+    turns ``distinct`` on), on both routes that fan out; a stream refuses them
+    (``frontend_api.openai_request``)."""
+    exclude = fields.texts("exclude", MAX_EXCLUDE, MAX_EXCLUDE_CHARS)
+    # Texts to exclude are asked for distinct ones.
+    return fields.boolean("distinct", False) or bool(exclude), exclude
 
 
 class Fields:
@@ -171,6 +183,21 @@ class Fields:
                 raise ParamError(name, f"sequences must be 1 to {MAX_STOP_CHARS} characters")
             Fields({name: item}, frozenset({name})).string(name)  # no lone surrogates
         return tuple(items)
+
+    def texts(self, name: str, most: int, chars: int) -> tuple[str, ...]:
+        """A list of up to ``most`` strings of up to ``chars`` characters each."""
+        value = self.body.get(name)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
+            raise ParamError(name, f"must be a list of strings, not {json_type(value)}")
+        if len(value) > most:
+            raise ParamError(name, f"may hold at most {most} texts, not {len(value)}")
+        for item in value:
+            if len(item) > chars:
+                raise ParamError(name, f"texts must be at most {chars} characters")
+            Fields({name: item}, frozenset({name})).string(name)  # no lone surrogates
+        return tuple(value)
 
     def token_ids(self, name: str) -> tuple[int, ...] | None:
         """A non-empty list of token ids (whether the vocabulary has them, the worker says)."""

@@ -32,6 +32,9 @@ from typing import Any, TypedDict
 NDJSON_TYPE = "application/x-ndjson"  # what /generate/stream answers
 # GenerationParams.stop_at's values; "none" (the neutral one) is sent as no field at all.
 STOP_AT = ("none", "word", "sentence", "line", "paragraph")
+# With stop_at, how many tokens past ``length`` a completion may take to reach a boundary;
+# past them (or out of time) it is cut back to the last boundary it reached instead.
+EXTRA_TOKENS = 8
 
 
 @dataclass(frozen=True)

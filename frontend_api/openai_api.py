@@ -74,6 +74,8 @@ class Completions:
             "choices": choices,
             "usage": _usage(request.per_prompt, by_index),
         }
+        if request.distinct:  # fanout's extension: repeats sent again for other texts
+            resp.media["resampled"] = gathered.resampled
 
     def stream(self, req: falcon.Request, resp: falcon.Response,
                parsed: CompletionRequest) -> None:

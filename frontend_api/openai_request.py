@@ -21,8 +21,9 @@ from fanout.params import (
     ParamError,
     check_context,
     json_type,
+    read_distinct,
 )
-from fanout.protocol import GenerationParams
+from fanout.protocol import STOP_AT, GenerationParams
 from frontend_api.samples import AutocompleteRequest
 
 # POST /v1/completions: every field of OpenAI's completions reference...
@@ -30,8 +31,8 @@ COMPLETION_FIELDS = frozenset({"model", "prompt", "best_of", "echo", "frequency_
                                "logit_bias", "logprobs", "max_tokens", "n",
                                "presence_penalty", "seed", "stop", "stream", "stream_options",
                                "suffix", "temperature", "top_p", "user",
-                               # ...and extensions, as vLLM has them
-                               "top_k", "min_tokens"})
+                               # ...and extensions, as vLLM has them, then fanout's
+                               "top_k", "min_tokens", "stop_at", "distinct", "exclude"})
 OPENAI_DEFAULT_MAX_TOKENS = 16
 
 
@@ -99,6 +100,8 @@ def parse_completion(body: Any, defaults: GenerationDefaults, limits: Generation
         seed=fields.optional_integer("seed", 0, MAX_SEED),
         stop=fields.stop_sequences("stop"),
         min_tokens=fields.min_tokens("max_tokens", length),
+        # OpenAI's clients take max_tokens as a hard cap and the text as generated.
+        stop_at=fields.choice("stop_at", "none", STOP_AT),
         # best_of ranks samples by their log-probability: the workers must report it.
         logprobs=logprobs if best_of == n or logprobs is not None else 0,
         echo=echo,
@@ -114,8 +117,12 @@ def parse_completion(body: Any, defaults: GenerationDefaults, limits: Generation
                                    f"{len(prompts) * best_of} samples; this server takes at "
                                    f"most {max_samples} per request: send fewer prompts at "
                                    "once")
+    distinct, exclude = read_distinct(fields)
+    if distinct and stream:
+        raise ParamError("distinct", "cannot be used with stream: a streamed text is shown "
+                                     "before it is known to repeat another")
     request = AutocompleteRequest(model, len(prompts) * best_of, prompts[0],
-                                  prompts if len(prompts) > 1 else ())
+                                  prompts if len(prompts) > 1 else (), distinct, exclude)
     return CompletionRequest(request, stream, n, logprobs, echo, include_usage,
                              tuple(fields.ignored))
 

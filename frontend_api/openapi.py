@@ -14,6 +14,7 @@ import falcon
 
 from fanout import params
 from fanout.layout import ENGINES, Layout
+from fanout.protocol import EXTRA_TOKENS, STOP_AT
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -90,6 +91,24 @@ def request_schema(layout: Layout) -> Schema:
             "min_tokens": _integer(0, limits.length, 0,
                                    "The end of text does not end a sample "
                                    "before this many tokens (at most length)."),
+            "stop_at": {"type": ["string", "null"], "enum": [*STOP_AT, None],
+                        "default": defaults.stop_at,
+                        "description": "Where a completion may end: after a whole word, "
+                                       "a sentence, a line or a paragraph (up to "
+                                       f"{EXTRA_TOKENS} tokens past length to reach one, "
+                                       "else cut back to the last one reached; tokens "
+                                       "counts the tokens kept), or 'none': wherever "
+                                       "length or max_time ends it."},
+            "distinct": {"type": ["boolean", "null"], "default": False,
+                         "description": "A completion that repeats another (whitespace "
+                                        "trimmed and collapsed), one of exclude, or is "
+                                        "empty is generated again with the next seed while "
+                                        "max_time allows (see resampled)."},
+            "exclude": {"type": ["array", "null"], "maxItems": params.MAX_EXCLUDE,
+                        "items": {"type": "string", "maxLength": params.MAX_EXCLUDE_CHARS},
+                        "description": "Texts that count as repeats, such as the "
+                                       "suggestions shown last time; any turns distinct "
+                                       "on."},
         },
     }
 
@@ -142,8 +161,10 @@ def _schemas(layout: Layout) -> dict[str, Schema]:
                 "value": string, "time": {**number, "minimum": 0},
                 "tokens": {**integer, "minimum": 0},
                 "finish_reason": {"type": "string", "enum": ["length", "stop", "time"],
-                                  "description": "length: all tokens; stop: the model "
-                                                 "ended the text; time: max_time ran out"},
+                                  "description": "length: all tokens (with stop_at, then "
+                                                 "finished or cut back to a boundary); "
+                                                 "stop: the model ended the text; time: "
+                                                 "max_time ran out (cut back too)"},
                 "seed": {"type": ["integer", "null"], "minimum": 0,
                          "maximum": params.MAX_SEED,
                          "description": "Replays this sample when sent back as seed; null "
@@ -159,7 +180,8 @@ def _schemas(layout: Layout) -> dict[str, Schema]:
                                         "reason": string}},
         "Autocompletion": {
             "type": "object",
-            "required": ["sentences", "model_size", "time", "partial", "failed"],
+            "required": ["sentences", "model_size", "time", "partial", "failed",
+                         "resampled"],
             "properties": {
                 "sentences": {"type": "array", "items": _ref("Sentence"),
                               "maxItems": layout.front.max_samples},
@@ -168,6 +190,9 @@ def _schemas(layout: Layout) -> dict[str, Schema]:
                 "partial": {"type": "boolean",
                             "description": "true when some samples failed by the deadline"},
                 "failed": {"type": "array", "items": _ref("FailedSample")},
+                "resampled": {**integer, "minimum": 0,
+                              "description": "Completions generated again for repeating "
+                                             "another (distinct)"},
             },
         },
         "Models": {

@@ -14,7 +14,7 @@ import falcon
 
 from fanout.http import read_json
 from fanout.layout import GenerationDefaults, GenerationLimits, Layout, pool_name
-from fanout.params import Fields, ParamError, read_generation
+from fanout.params import Fields, ParamError, read_distinct, read_generation
 from fanout.peer import client_gone_check
 from frontend_api.admission import Admission
 from frontend_api.samples import AutocompleteRequest, Gathered, StreamEvent
@@ -36,7 +36,8 @@ class Fanout(Protocol):
 # POST /autocomplete's body: the generation fields, and which pool and how many samples.
 AUTOCOMPLETE_FIELDS = frozenset({"context", "length", "temperature", "top_k", "top_p",
                                  "max_time", "max_tokens", "seed", "min_tokens",
-                                 "model_size", "n_samples"})
+                                 "stop_at", "model_size", "n_samples", "distinct",
+                                 "exclude"})
 
 
 def parse_autocomplete(body: Any, defaults: GenerationDefaults, limits: GenerationLimits,
@@ -58,7 +59,10 @@ def parse_autocomplete(body: Any, defaults: GenerationDefaults, limits: Generati
         raise ParamError("model_size", f"{asked!r} is not the model the path names "
                                        f"({path_pool}); leave model_size out or repeat it")
     n_samples = fields.integer("n_samples", defaults.n_samples, 1, max_samples)
-    return AutocompleteRequest(model_size, n_samples, read_generation(fields, defaults, limits))
+    params = read_generation(fields, defaults, limits, stop_at=defaults.stop_at)
+    distinct, exclude = read_distinct(fields)
+    return AutocompleteRequest(model_size, n_samples, params, distinct=distinct,
+                               exclude=exclude)
 
 
 class Autocomplete:
@@ -100,6 +104,7 @@ class Autocomplete:
             "partial": bool(gathered.failed),
             "failed": [{"index": f.index, "status": f.status, "reason": f.reason}
                        for f in gathered.failed],
+            "resampled": gathered.resampled,  # repeats sent again (distinct)
         }
 
 

@@ -32,6 +32,7 @@ def test_a_layout_becomes_frozen_typed_objects(write_layout: LayoutFactory,
     assert [(s.index, s.device, s.threads) for s in pool.slots] == [(0, "cpu", 2), (1, "cpu", 1)]
     assert str(pool.bind) == "127.0.0.1:9101" and pool.bind.url == "http://127.0.0.1:9101"
     assert layout.front.bind.port == 18000 and layout.defaults.n_samples == 3
+    assert layout.defaults.stop_at == "word"
     with pytest.raises(AttributeError):
         pool.name = "other"  # type: ignore[misc]
 
@@ -121,6 +122,8 @@ _DELETE = object()
      "is not a readable file"),
     ({"generation.defaults.top_p": 0}, "generation.defaults.top_p", "outside (0, 1]"),
     ({"generation.defaults.n_samples": 9}, "generation.defaults.n_samples", "outside 1..8"),
+    ({"generation.defaults.stop_at": "clause"}, "generation.defaults.stop_at",
+     "'clause' is not one of none, word, sentence, line, paragraph"),
     ({"pools.small.engine": "vllm"}, "pools.small.engine", "is not one of ctranslate2"),
     ({"pools.small.quantization": "int8"}, "pools.small.quantization",
      "applies to the ctranslate2 engine"),

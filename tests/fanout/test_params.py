@@ -26,7 +26,8 @@ def test_missing_fields_take_the_defaults() -> None:
     assert request.params.length == DEFAULTS.length and request.params.seed is None
     assert request.params.to_json() == {
         "context": "The nation", "length": 20, "temperature": 1.0, "top_k": 40, "top_p": 0.9,
-        "max_time": 3.0}
+        "max_time": 3.0, "stop_at": "word"}  # the layout's default: whole words
+    assert not request.distinct and request.exclude == ()
 
 
 def test_a_seed_spreads_over_the_samples() -> None:
@@ -140,3 +141,35 @@ def test_the_worker_reads_stop_at_and_takes_none_when_left_out() -> None:
         parse_generation({"context": "x", "stop_at": "clause"}, DEFAULTS, LIMITS)
     with pytest.raises(ParamError, match="stop_at: must be a string"):
         parse_generation({"context": "x", "stop_at": 1}, DEFAULTS, LIMITS)
+
+
+def test_distinct_and_exclude_on_both_routes() -> None:
+    asked = autocomplete({"context": "x", "distinct": True, "exclude": ["a b", ""],
+                          "stop_at": "sentence"})
+    assert (asked.distinct, asked.exclude, asked.params.stop_at) == (True, ("a b", ""),
+                                                                     "sentence")
+    openai = completion({"model": "small", "prompt": "x", "distinct": True, "exclude": ["a"]})
+    assert (openai.request.distinct, openai.request.exclude) == (True, ("a",))
+    # OpenAI's route keeps max_tokens a hard cap unless stop_at asks otherwise.
+    assert completion({"model": "small"}).request.params.stop_at == "none"
+    assert completion({"model": "small", "stop_at": "word"}).request.params.stop_at == "word"
+    assert autocomplete({"context": "x", "exclude": ["a"]}).distinct  # exclude asks for it
+
+
+@pytest.mark.parametrize(("body", "field", "reason"), [
+    ({"distinct": True, "exclude": "a"}, "exclude", "must be a list of strings"),
+    ({"distinct": True, "exclude": ["a"] * 17}, "exclude", "at most 16 texts"),
+    ({"distinct": True, "exclude": ["a" * 2049]}, "exclude", "at most 2048 characters"),
+    ({"distinct": 1}, "distinct", "must be true or false"),
+    ({"stop_at": "clause"}, "stop_at", "must be one of none, word"),
+])
+def test_bad_distinct_fields_are_named(body: dict[str, Any], field: str, reason: str) -> None:
+    for parse, base in ((autocomplete, {"context": "x"}), (completion, {"model": "small"})):
+        with pytest.raises(ParamError) as caught:
+            parse({**base, **body})
+        assert caught.value.field == field and reason in caught.value.reason
+
+
+def test_a_stream_cannot_be_distinct() -> None:
+    with pytest.raises(ParamError, match="distinct: cannot be used with stream"):
+        completion({"model": "small", "stream": True, "distinct": True})

@@ -117,8 +117,19 @@ def test_autocomplete_returns_one_sentence_per_sample(layout: Layout) -> None:
     assert [s["value"] for s in body["sentences"]] == ["cba"] * 4
     assert [s["seed"] for s in body["sentences"]] == [10, 11, 12, 13]
     assert body["model_size"] == "medium" and body["time"] >= 0
-    assert body["partial"] is False and body["failed"] == []
+    assert body["partial"] is False and body["failed"] == [] and body["resampled"] == 0
     assert fanout.seen[0].params.length == layout.defaults.length
+    assert fanout.seen[0].params.stop_at == "word" and not fanout.seen[0].distinct
+
+
+def test_distinct_and_stop_at_reach_the_fanout(layout: Layout) -> None:
+    fanout = EchoFanout()
+    result = client(layout, fanout).simulate_post(
+        "/autocomplete", json={"context": "abc", "distinct": True, "exclude": ["x"],
+                               "stop_at": "line"})
+    assert result.status_code == 200, result.text
+    asked = fanout.seen[0]
+    assert (asked.distinct, asked.exclude, asked.params.stop_at) == (True, ("x",), "line")
 
 
 def test_samples_lost_by_the_deadline_make_a_partial_answer(layout: Layout) -> None:

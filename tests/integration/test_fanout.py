@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from fanout.protocol import EXTRA_TOKENS
 from tests.integration.servers import READY_SECONDS, RunningTiers, paused
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,9 @@ def test_three_samples_are_served_by_three_distinct_workers(tiers: RunningTiers)
     # the test sets, that three samples in flight hold three workers.
     ready = tiers.ready_slots("small")
     assert all(ready[str(s["worker"]["slot"])] == s["worker"]["pid"] for s in sentences)
-    assert all(s["value"] and s["tokens"] == 40 for s in sentences)
+    # Each ends on a whole word (stop_at's default): a few tokens more or fewer than 40.
+    assert all(s["value"] and 0 < s["tokens"] <= 40 + EXTRA_TOKENS for s in sentences)
+    assert all(s["finish_reason"] == "length" for s in sentences)
 
 
 def test_a_seed_makes_completions_reproducible_and_distinct(tiers: RunningTiers) -> None:
@@ -43,6 +46,35 @@ def test_a_seed_makes_completions_reproducible_and_distinct(tiers: RunningTiers)
     assert len(set(first)) == 3  # seeds 1234, 1235, 1236
     other = autocomplete(tiers, {**request, "seed": 99}).json()["sentences"]
     assert [s["value"] for s in other] != first
+
+
+def test_suggestions_end_on_whole_words_and_stop_at_none_keeps_the_budget(
+        tiers: RunningTiers) -> None:
+    for seed in (1, 2, 3):
+        request = {"context": "The nation", "n_samples": 3, "length": 7, "seed": seed}
+        clean = autocomplete(tiers, request).json()["sentences"]
+        raw = autocomplete(tiers, {**request, "length": 7 + EXTRA_TOKENS + 10,
+                                   "stop_at": "none"}).json()["sentences"]
+        for kept, longer in zip(clean, raw, strict=True):
+            text, after = kept["value"], longer["value"]
+            assert after.startswith(text)  # the same seed: the same tokens
+            following = after[len(text):len(text) + 1]
+            assert not (text and text[-1].isalnum() and following.isalnum()), (text, after)
+    exact = autocomplete(tiers, {"context": "The nation", "length": 7, "stop_at": "none"})
+    assert [s["tokens"] for s in exact.json()["sentences"]] == [7, 7, 7]
+
+
+def test_distinct_gives_different_texts(tiers: RunningTiers) -> None:
+    request = {"context": "The nation", "n_samples": 3, "length": 4, "temperature": 0.2,
+               "seed": 7, "distinct": True}
+    body = autocomplete(tiers, request).json()
+    texts = [" ".join(s["value"].split()) for s in body["sentences"]]
+    assert len(texts) == 3 and len(set(texts)) == 3 and all(texts), body
+    assert body["resampled"] >= 0 and not body["partial"]
+    # The same texts excluded: three more, none of them.
+    again = autocomplete(tiers, {**request, "exclude": texts}).json()
+    assert not set(texts) & {" ".join(s["value"].split()) for s in again["sentences"]}, again
+    assert again["resampled"] >= 1
 
 
 def test_models_and_health_describe_the_layout(tiers: RunningTiers) -> None:
@@ -96,7 +128,8 @@ def test_bad_requests_get_a_json_error_naming_the_problem(
 
 def test_a_long_context_is_cut_from_the_front_to_fit_the_window(tiers: RunningTiers) -> None:
     context = "word " * 400  # 400 tokens; the window is 256
-    response = autocomplete(tiers, {"context": context, "length": 50, "max_time": 10})
+    response = autocomplete(tiers, {"context": context, "length": 50, "max_time": 10,
+                                    "stop_at": "none"})
     assert response.status_code == 200, response.text
     assert all(s["tokens"] == 50 for s in response.json()["sentences"])
 

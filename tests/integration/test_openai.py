@@ -137,3 +137,29 @@ def test_the_stream_is_server_sent_events_ending_with_done(tiers: RunningTiers) 
     assert events[-1] == "data: [DONE]"
     finishes = [json.loads(e[6:])["choices"][0] for e in events[:-1]]
     assert sorted(c["index"] for c in finishes if c["finish_reason"]) == [0, 1]
+
+
+def test_max_tokens_is_a_hard_cap_unless_stop_at_asks(client: openai.OpenAI) -> None:
+    """OpenAI's clients count on max_tokens: /v1 ends texts there; stop_at and distinct
+    are fanout's extensions (sent through the client's extra_body)."""
+    plain = client.completions.create(model="small", prompt="The nation", max_tokens=6, n=3,
+                                      seed=3)
+    assert plain.usage is not None and plain.usage.completion_tokens == 18
+    assert "resampled" not in plain.model_dump()
+    words = client.completions.create(model="small", prompt="The nation", max_tokens=6, n=3,
+                                      seed=3, extra_body={"stop_at": "word"})
+    for clean, raw in zip(words.choices, plain.choices, strict=True):
+        # The same seed: the whole words of the same text, a word finished or cut back.
+        assert clean.text.startswith(raw.text) or raw.text.startswith(clean.text)
+    distinct = client.completions.create(model="small", prompt="The nation", max_tokens=6,
+                                         n=3, seed=3, extra_body={
+                                             "distinct": True,
+                                             "exclude": [c.text for c in plain.choices]})
+    assert not {c.text for c in distinct.choices} & {c.text for c in plain.choices}
+    assert distinct.model_dump()["resampled"] >= 3
+
+
+def test_a_stream_cannot_be_distinct(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="distinct"):
+        client.completions.create(model="small", prompt="x", max_tokens=2, stream=True,
+                                  extra_body={"distinct": True})

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import re
 
+from fanout.protocol import EXTRA_TOKENS
+
 __all__ = ["EXTRA_TOKENS", "Ending"]
 
-# How many tokens past ``length`` a completion may take to reach a boundary; past them (or
-# out of time) it is cut back to the last boundary it reached instead.
-EXTRA_TOKENS = 8
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _LETTER = rf"[^\W\d_{_CJK}]"
