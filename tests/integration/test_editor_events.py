@@ -120,13 +120,17 @@ def test_a_suggestion_typed_through_keeps_its_first_rank_and_the_key_goes_along(
     ask(page)
     texts = options(page)
     # A later one, with more than its first character to type, and that character no key
-    # the list acts on (a text may start with a new line: Enter would take it).
-    rank = max((1, 2), key=lambda r: (texts[r][:1].isprintable(), len(texts[r])))
+    # the list acts on (a text may start with a new line: Enter would take it); best one
+    # that the first does not start like, so that typing moves it up the narrowed list.
+    rank = max((1, 2), key=lambda r: (texts[r][:1].isprintable(), len(texts[r]) > 1,
+                                      texts[r][:1] != texts[0][:1], len(texts[r])))
     for _ in range(rank):
         page.keyboard.press("ArrowDown")
     page.keyboard.type(texts[rank][0])  # typed through: the list narrows to those it starts
     expect(page.locator("#suggestions [aria-selected=true] .text")).to_have_text(
         texts[rank][1:])
+    narrowed = [t for t in texts if t.startswith(texts[rank][0]) and t != texts[rank][0]]
+    expect(page.locator("#suggestions [role=option]")).to_have_count(len(narrowed))
 
     page.keyboard.press("Enter")
 
