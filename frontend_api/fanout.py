@@ -47,7 +47,7 @@ from frontend_api.errors import (
     WorkerTierError,
 )
 from frontend_api.hosts import Host, HostSet, HostWatcher
-from frontend_api.metrics import SAMPLE_FAILURES, SAMPLE_RETRIES, SAMPLES
+from frontend_api.metrics import SAMPLE_FAILURES, SAMPLE_RESAMPLES, SAMPLE_RETRIES, SAMPLES
 from frontend_api.samples import AutocompleteRequest, Failure, Gathered, Sample, StreamEvent
 from frontend_api.transport import Cutter, WorkerTransport
 
@@ -119,6 +119,7 @@ class FanoutClient:
                         again = distinct and distinct.again(index, samples[index].text,
                                                             deadline - time.monotonic())
                         if again:  # a repeat: it stands until a distinct one comes
+                            SAMPLE_RESAMPLES.labels(pool.name).inc()
                             resent = send(index, again)
                             pending[resent] = index
                             waiting.add(resent)

@@ -40,6 +40,9 @@ HOST_SAMPLES = Counter("fanout_front_host_samples", "Samples sent to each of a p
                        ["pool", "host"])
 SAMPLE_RETRIES = Counter("fanout_front_sample_retries", "Samples sent again because their "
                          "worker dropped the connection, by pool", ["pool"])
+SAMPLE_RESAMPLES = Counter("fanout_front_sample_resamples", "Samples sent again because "
+                           "they repeated another of their request (distinct), by pool",
+                           ["pool"])
 # What writers do with suggestions (POST /events, frontend_api.events). rank < front.max_samples
 # and pool is a layout pool's own name (never an alias), so the label values stay bounded.
 SUGGESTIONS_SHOWN = Counter("fanout_suggestions_shown", "Suggestions shown to a writer, by "

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from fanout.layout import Bind, Model, Pool, Slot
 from fanout.peer import peer_gone
@@ -330,7 +331,11 @@ def test_repeats_and_empty_samples_are_sent_again_with_the_next_seeds(
         tier: WorkerTier, client: FanoutClient) -> None:
     # 5 and 6 say the same (6 with other spacing), 7 says nothing: 8 and 9 replace them.
     tier.behaviour = by_seed({5: "the same", 6: " the  same\n", 7: " ", 8: "new", 9: "newer"})
+    counted = REGISTRY.get_sample_value("fanout_front_sample_resamples_total",
+                                        {"pool": "small"}) or 0
     gathered = client.complete(distinct())
+    assert REGISTRY.get_sample_value("fanout_front_sample_resamples_total",
+                                     {"pool": "small"}) == counted + 2
     # Whichever of 5 and 6 came first stands.
     assert sorted(s.text.strip() for s in gathered.samples) == ["new", "newer", "the  same"] \
         or sorted(s.text for s in gathered.samples) == ["new", "newer", "the same"]

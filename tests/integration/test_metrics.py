@@ -31,7 +31,9 @@ def test_the_counts_add_up_across_the_front_and_every_worker(tiers: RunningTiers
     pool_url = tiers.pool_url("small")
     front_before, pool_before = scrape(tiers.front_url), scrape(pool_url)
 
-    sent = [autocomplete(tiers, {"context": "Counting", "n_samples": 3, "length": 4 + i})
+    # stop_at none: every sample is exactly its length (no word finished or cut back).
+    sent = [autocomplete(tiers, {"context": "Counting", "n_samples": 3, "length": 4 + i,
+                                 "stop_at": "none"})
             for i in range(4)]
 
     front_after, pool_after = scrape(tiers.front_url), scrape(pool_url)

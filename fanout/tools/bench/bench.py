@@ -233,8 +233,11 @@ def client_session() -> requests.Session:
 
 def autocomplete(session: requests.Session, url: str, params: GenerationParams,
                  n: int) -> dict[str, Any]:
+    # stop_at sent even at "none" (to_json leaves it out, and /autocomplete's default is
+    # "word"): every strategy does the same L tokens.
     response = session.post(f"{url}/autocomplete", timeout=300,
-                            json={**params.to_json(), "n_samples": n})
+                            json={**params.to_json(), "stop_at": params.stop_at,
+                                  "n_samples": n})
     if response.status_code != 200:
         raise RuntimeError(f"the front answered {response.status_code}: {response.text}")
     body: dict[str, Any] = response.json()
