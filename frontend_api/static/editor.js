@@ -30,6 +30,11 @@ let typed = "";           // typed through at the anchor: consumed from every sh
 let leaveOnTab = false;   // Esc with nothing open, then Tab: move focus on (no keyboard trap)
 let preferredModel;      // the model saved in the settings, until the list of models loads
 let listModel;           // the model_size the open list came from, for its events
+// The suggestions shown for a context, excluded when Tab asks again for the same one;
+// at most what the server takes (exclude: 16 texts of at most 2048 characters).
+const MAX_EXCLUDE = 16;
+const MAX_EXCLUDE_CHARS = 2048;
+let alreadyShown = { context: null, texts: [] };
 
 // ---- settings and document persistence -------------------------------------------
 
@@ -152,10 +157,14 @@ async function requestSuggestions() {
       await streamSuggestions(context, fields, controller);
       return;
     }
+    // Suggestions differ from each other, and Tab again on the same text gives new ones:
+    // the server resamples repeats and the texts already shown here (exclude).
+    const exclude = alreadyShown.context === context ? alreadyShown.texts : [];
     const response = await fetch("/autocomplete", {
       method: "POST",
       headers: { "Content-Type": "application/json", ...authHeaders() },
-      body: JSON.stringify({ context, ...fields }),
+      body: JSON.stringify({ context, ...fields, distinct: true,
+                             ...(exclude.length ? { exclude } : {}) }),
       signal: controller.signal,
     });
     if (!response.ok) throw new Error(await errorMessage(response));
@@ -165,6 +174,9 @@ async function requestSuggestions() {
     showStatus(`${body.sentences.length} suggestions in ${body.time.toFixed(2)} s`
                + (body.partial ? ` (${body.failed.length} did not arrive in time)` : ""));
     openList(body.sentences);
+    const texts = body.sentences.map((sentence) => sentence.value)
+      .filter((text) => text.trim() && text.length <= MAX_EXCLUDE_CHARS);
+    alreadyShown = { context, texts: [...exclude, ...texts].slice(-MAX_EXCLUDE) };
   } catch (error) {
     if (error.name === "AbortError") return;
     const offline = error instanceof TypeError;  // fetch itself failed: no server at all
@@ -186,6 +198,9 @@ async function streamSuggestions(context, fields, controller) {
       model: fields.model_size, prompt: context, n: fields.n_samples, stream: true,
       max_tokens: fields.length, temperature: fields.temperature, top_k: fields.top_k,
       top_p: fields.top_p,
+      // /v1 keeps OpenAI's hard max_tokens unless asked: the editor wants whole words.
+      // (distinct needs the whole texts, so streamed suggestions go without it.)
+      stop_at: "word",
     }),
     signal: controller.signal,
   });

@@ -269,3 +269,29 @@ def test_the_pause_lengthens_for_a_slower_writer(clocked: Page) -> None:
         page.clock.run_for(pauses[-1] - 150)
     assert (request.value.post_data_json or {})["context"] == "Slowly"
     assert len(asked.bodies) == 1, asked.bodies
+
+
+def test_tab_again_on_the_same_text_excludes_what_was_shown(page: Page) -> None:
+    """The editor asks for distinct suggestions, and Tab again on the same text sends the
+    ones already shown as ``exclude``."""
+    asked = Asked(page)
+    page.locator("#document").click()
+    page.keyboard.type("The nation")
+    with page.expect_request(asks):
+        page.keyboard.press("Tab")
+    expect(page.locator("#suggestions [role=option]")).to_have_count(SAMPLES)
+    first = shown(page)
+    with page.expect_request(asks):
+        page.keyboard.press("Tab")
+    expect(page.locator("#suggestions [role=option]")).to_have_count(SAMPLES)
+
+    before, again = asked.bodies[-2:]
+    assert before["distinct"] is True and "exclude" not in before
+    assert again["distinct"] is True
+    assert again["exclude"] == [text for text in first if text.strip()]
+    # (that the server then answers with others is tests/integration/test_fanout.py's)
+    page.keyboard.type(" was")  # a new context: nothing to exclude
+    with page.expect_request(asks):
+        page.keyboard.press("Tab")
+    expect(page.locator("#suggestions [role=option]")).to_have_count(SAMPLES)
+    assert "exclude" not in asked.bodies[-1]
