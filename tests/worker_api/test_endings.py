@@ -41,6 +41,16 @@ def test_a_sentence_that_ends_the_text_is_not_yet_stable() -> None:
     assert Ending("word").stable("He ran. She s") == 11
 
 
+@pytest.mark.parametrize("kind", ["word", "sentence", "line", "paragraph"])
+def test_stable_read_token_by_token_equals_stable_read_whole(kind: str) -> None:
+    # A stream asks on every longer prefix and the scan starts at its last answer.
+    text = ("Dr. Smith said: \"don't go.\" It cost 3.14 or 2,5 \u6f22\u5b57 units!\n"
+            "Next line\n\nA new paragraph. I. Done")
+    growing = Ending(kind)
+    for end in range(1, len(text) + 1):
+        assert growing.stable(text[:end]) == Ending(kind).stable(text[:end]), text[:end]
+
+
 def test_the_end_is_the_first_boundary_past_the_budget_else_the_last_before() -> None:
     word = Ending("word")
     assert word.end("the Government of the State of", 25, 0) == 27

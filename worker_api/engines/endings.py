@@ -59,23 +59,32 @@ class Ending:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.last_stable = 0  # ``stable``'s last answer: no later text takes it back
 
-    def boundaries(self, text: str) -> list[int]:
-        """Positions (> 0, ascending) where ``text`` may end; a sentence's end that is the
-        text's end counts (the sentence is over, though more closing marks could follow)."""
+    def boundaries(self, text: str, start: int = 0) -> list[int]:
+        """Positions (> ``start``, ascending) where ``text`` may end; a sentence's end that
+        is the text's end counts (the sentence is over, though more closing marks could
+        follow). ``start`` must be a boundary (or 0): no word runs across it."""
         if self.kind == "word":
-            return [m.end() for m in _WORDS.finditer(text) if not _unsure(text, m.end())]
+            return [m.end() for m in _WORDS.finditer(text, start)
+                    if not _unsure(text, m.end())]
         if self.kind == "sentence":
-            return [m.end() for m in _SENTENCE.finditer(text)]
-        found = (_LINE if self.kind == "line" else _PARAGRAPH).finditer(text)
+            return [m.end() for m in _SENTENCE.finditer(text, start)]
+        found = (_LINE if self.kind == "line" else _PARAGRAPH).finditer(text, start)
         return [m.start() + 1 for m in found]
 
     def stable(self, text: str) -> int:
-        """The last boundary later text cannot move or take back; 0 if none."""
-        ends = self.boundaries(text)
+        """The last boundary later text cannot move or take back; 0 if none.
+
+        Called on each longer version of one text (a stream's): the scan starts at the
+        previous answer, which stays a boundary, so a token costs its tail, not the text.
+        """
+        ends = self.boundaries(text, self.last_stable)
         if self.kind == "sentence" and ends and ends[-1] == len(text):
             ends.pop()  # '."' may follow: the sentence would end one character later
-        return ends[-1] if ends else 0
+        if ends:
+            self.last_stable = ends[-1]
+        return self.last_stable
 
     def end(self, text: str, base: int, floor: int) -> int | None:
         """Where ``text`` ends: its first boundary at or past ``base`` (the budget's end),
