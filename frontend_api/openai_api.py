@@ -177,7 +177,8 @@ def _choices(parsed: CompletionRequest, prompt: int,
     per = parsed.request.per_prompt
     samples = [by_index[i] for i in range(prompt * per, (prompt + 1) * per) if i in by_index]
     if parsed.best_of > parsed.n:
-        samples = sorted(samples, key=lambda s: s.cumulative_logprob or -math.inf,
+        samples = sorted(samples, key=lambda s: -math.inf if s.cumulative_logprob is None
+                         else s.cumulative_logprob,
                          reverse=True)[:parsed.n]
         indexed = list(enumerate(samples, start=prompt * parsed.n))
     else:
