@@ -337,6 +337,23 @@ class Engine(ABC):
                 raise ParamError(field, f"token {max(ids)} is not in the model's vocabulary "
                                         f"(ids 0 to {self.vocab_size - 1})")
 
+    def sample_each(self, params: GenerationParams, context: list[int], seed: int | None,
+                    take: Callable[[int], bool]) -> int | None:
+        """``sample`` driven the other way: each token is handed to ``take``, and sampling
+        stops once it returns True. Returns the seed that replays the sample, as ``sample``.
+
+        A non-streamed completion is generated this way. Engines whose sampler calls back
+        more cheaply than it feeds an iterator (CTranslate2's runs in its own thread)
+        override it."""
+        tokens, used = self.sample(params, context, seed)
+        try:
+            for token in tokens:
+                if take(token):
+                    break
+        finally:
+            _close(tokens)
+        return used
+
     def generate(self, params: GenerationParams,
                  abandoned: Callable[[], bool] | None = None) -> Completion:
         """Sample up to ``params.length`` new tokens after the context.
@@ -344,9 +361,10 @@ class Engine(ABC):
         ``abandoned`` is asked after every token; once it says yes (the front stopped
         waiting), generation stops, so a dropped request frees its worker at once.
         """
-        *_, done = self._run(params, abandoned, streaming=False)
-        assert isinstance(done, Completion)
-        return done
+        run = _Run(self, params, abandoned)
+        seed = (self.sample_each(run.sampled, run.prompt.ids, run.wanted_seed, run.take)
+                if params.length else params.seed)
+        return run.report.complete(run.completion(seed), run.decoding, None)
 
     def stream(self, params: GenerationParams, abandoned: Callable[[], bool] | None = None
                ) -> Iterator[str | Piece | Completion]:
@@ -354,46 +372,69 @@ class Engine(ABC):
 
         A piece is a ``str``, or a ``Piece`` when echo or logprobs ask for more than text.
         """
-        return self._run(params, abandoned, streaming=True)
-
-    def _run(self, params: GenerationParams, abandoned: Callable[[], bool] | None,
-             streaming: bool) -> Iterator[str | Piece | Completion]:
-        started = time.perf_counter()
-        extra = extra_tokens(params, self.window)
-        # The engine may sample ``extra`` tokens more, and the context leaves room for them.
-        sampled = replace(params, length=params.length + extra) if extra else params
-        prompt = self.prompt(sampled)
-        report = _Report(self, params, prompt)
-        live = streaming and params.logprobs is not None
+        run = _Run(self, params, abandoned)
+        report, decoding = run.report, run.decoding
+        live = params.logprobs is not None
         scores: list[Scored] | None = [] if live else None
-        if streaming and params.echo:
-            yield Piece("", prompt_text=prompt.text,
+        if params.echo:
+            yield Piece("", prompt_text=run.prompt.text,
                         logprobs=tuple(report.prompt_entries()) if live else None)
-        wanted = params.seed if params.seed is not None else random.randint(0, MAX_SEED)
-        tokens, seed = (self.sample(sampled, prompt.ids, wanted, scores) if params.length
-                        else (iter(()), params.seed))
-        decoding = Decoding(self.detokenize, self.eos_token_id, params, extra)
-        deadline = started + params.max_time
-        gone = False
+        tokens, seed = (self.sample(run.sampled, run.prompt.ids, run.wanted_seed, scores)
+                        if params.length else (iter(()), params.seed))
         try:
             for token in tokens:
                 piece = decoding.push(token)
                 if piece:
                     yield report.line(piece, decoding, scores) if live else piece
-                gone = abandoned is not None and abandoned()
-                if decoding.finished or gone or time.perf_counter() >= deadline:
+                if run.over():
                     break
         finally:
-            close = getattr(tokens, "close", None)
-            if close is not None:
-                close()  # stops the engine within the token it is on
-        done = decoding.completion(started, seed, len(prompt.ids), gone)
+            _close(tokens)  # stops the engine within the token it is on
+        done = run.completion(seed)
         rest = done.text[decoding.sent:]
         if live and (rest or report.streamed < done.tokens):  # the entries left, too
             yield report.line(rest, decoding, scores, upto=done.tokens)
         elif rest:
             yield rest
         yield report.complete(done, decoding, scores)
+
+
+class _Run:
+    """One completion under way: what the engine is asked to sample, and when it must
+    stop besides the decoding's own end (``max_time``, the front hanging up)."""
+
+    def __init__(self, engine: Engine, params: GenerationParams,
+                 abandoned: Callable[[], bool] | None) -> None:
+        self.started = time.perf_counter()
+        extra = extra_tokens(params, engine.window)
+        # The engine may sample ``extra`` tokens more, and the context leaves room for them.
+        self.sampled = replace(params, length=params.length + extra) if extra else params
+        self.prompt = engine.prompt(self.sampled)
+        self.report = _Report(engine, params, self.prompt)
+        self.decoding = Decoding(engine.detokenize, engine.eos_token_id, params, extra)
+        self.wanted_seed = (params.seed if params.seed is not None
+                            else random.randint(0, MAX_SEED))
+        self.deadline = self.started + params.max_time
+        self.abandoned = abandoned
+        self.gone = False
+
+    def over(self) -> bool:
+        """Asked after each token: whether generation ends here."""
+        self.gone = self.abandoned is not None and self.abandoned()
+        return self.decoding.finished or self.gone or time.perf_counter() >= self.deadline
+
+    def take(self, token: int) -> bool:
+        self.decoding.push(token)
+        return self.over()
+
+    def completion(self, seed: int | None) -> Completion:
+        return self.decoding.completion(self.started, seed, len(self.prompt.ids), self.gone)
+
+
+def _close(tokens: Iterator[int]) -> None:
+    close = getattr(tokens, "close", None)
+    if close is not None:
+        close()
 
 
 def is_greedy(params: GenerationParams) -> bool:
