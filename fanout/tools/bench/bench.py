@@ -89,6 +89,11 @@ class Workload:
     threads_per_sample: int  # fan-out and floor: each of the n processes
     cores: int  # naive and batched: their one process
     seeded: bool = True  # False for CTranslate2 (see the module docstring)
+    workers: int = 0  # fan-out's worker processes; 0: n, one per sample
+
+    @property
+    def fanout_workers(self) -> int:
+        return self.workers or self.n
 
     def params(self, request: int) -> GenerationParams:
         """Request r's parameters; seeded, sample i uses seed 1000 r + i in every strategy.
@@ -196,7 +201,8 @@ def bench_layout(folder: Path | None, work: Workload, directory: Path,
                  if engine.name == "ctranslate2" else {"dtype": "float32"})
     pool = {"model": str(folder or REPO / "models" / "small"), **precision,
             "bind": f"127.0.0.1:{free_port()}", "worker_timeout": 300,
-            "slots": [{"device": "cpu", "threads": work.threads_per_sample}] * work.n}
+            "slots": [{"device": "cpu", "threads": work.threads_per_sample}]
+            * work.fanout_workers}
     # No edge: these figures are the fan-out's own, and its documented baseline predates
     # the edge (one more loopback hop through nginx, for every strategy through the front).
     document = {"front": {"bind": f"127.0.0.1:{free_port()}", "threads": 8,
@@ -257,7 +263,8 @@ def run_fanout(folder: Path, work: Workload, engine: EngineChoice = TRANSFORMERS
             seconds, tokens = measure(work, one_request)
             pool_master = supervisor.running["pool-bench"][1].pid
             rss = [w.memory_info().rss for w in psutil.Process(pool_master).children()]
-    return Result("fan-out", folder.name, engine.name, work.n, work.threads_per_sample,
+    return Result("fan-out", folder.name, engine.name, work.fanout_workers,
+                  work.threads_per_sample,
                   seconds, tokens, sum(rss), rss)
 
 
@@ -416,6 +423,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the ctranslate2 engine's compute type (default int8, as shipped)")
     parser.add_argument("--overhead-requests", type=int, default=300,
                         help="requests timed against the instant worker tier (0: skip)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="fan-out's workers (default: --n, one per sample; fewer "
+                             "than n queue the rest, as a pool with fewer slots does)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
 
 
@@ -433,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     work = Workload(n=args.n, length=args.length, requests=args.requests,
                     warmup=args.warmup, threads_per_sample=max(1, cores // args.n),
-                    cores=cores)
+                    cores=cores, workers=args.workers)
     # Absolute: a layout reads a bare relative path ("models/small") as a hub id.
     models = [m.resolve() for m in args.model] if args.model else [
         m for m in DEFAULT_MODELS if m != GPT2_SMALL_SIZED] + [
