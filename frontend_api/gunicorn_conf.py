@@ -38,5 +38,6 @@ keepalive = 5  # above the edge's upstream keepalive_timeout (fanout.launch.edge
 proc_name = "fanout-front"
 loglevel = os.environ.get("FANOUT_LOG_LEVEL", "info")
 logconfig_dict = logging_config(loglevel)
+logger_class = "fanout.logs.GunicornLogger"  # our JSON line per request; no access log
 # Several masters run side by side; gunicorn 24+'s shared default control socket would clash.
 control_socket_disable = True

@@ -49,6 +49,7 @@ proc_name = f"fanout-pool-{_pool.name}"
 preload_app = False  # the model must load in each worker, after its device is pinned
 loglevel = os.environ.get("FANOUT_LOG_LEVEL", "info")
 logconfig_dict = logging_config(loglevel)
+logger_class = "fanout.logs.GunicornLogger"  # our JSON line per request; no access log
 # Several masters run side by side; gunicorn 24+'s shared default control socket would clash.
 control_socket_disable = True
 

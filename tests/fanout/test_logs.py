@@ -45,3 +45,20 @@ def test_request_lines_follow_the_log_level() -> None:
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, check=True)
     assert run.stderr == ""
+
+
+def test_gunicorns_access_log_is_off_where_ours_tells_each_request() -> None:
+    # gunicorn takes any logconfig_dict as access logging on; ours turns it off, so no
+    # request pays for building a line the gunicorn.access logger would drop.
+    script = textwrap.dedent("""
+        from gunicorn import glogging
+        from gunicorn.config import Config
+        from fanout.logs import GunicornLogger, logging_config
+        cfg = Config()
+        cfg.set("logconfig_dict", logging_config("info"))
+        print(glogging.Logger(cfg).access_log_enabled, GunicornLogger(cfg).access_log_enabled)
+        GunicornLogger(cfg).access(None, None, None, None)  # builds nothing from them
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert run.stdout.split() == ["True", "False"]
