@@ -53,6 +53,7 @@ class Settings:
     n_samples: int
     length: int
     max_growth_percent: float
+    ceiling_seconds: float = 0.0  # > 0: first measure the engine alone that long
 
 
 def process_memory(supervisor: Supervisor) -> dict[str, int]:
@@ -111,6 +112,13 @@ def verdict(result: LoadResult, memory: dict[str, Any], rejected_by_front: int |
 
 def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
     pool = layout.pools[settings.pool]
+    ceiling = None
+    if settings.ceiling_seconds > 0:  # before the tiers start: nothing else on the cores
+        from fanout.tools.ceiling import autocomplete_params, engine_ceiling
+
+        ceiling = engine_ceiling(pool, autocomplete_params(CONTEXT, settings.length,
+                                                           layout.defaults),
+                                 settings.ceiling_seconds).summary()
     with tempfile.TemporaryDirectory(prefix="fanout-soak-") as directory:
         private = step_layout(layout, pool, len(pool.slots), Path(directory) / "layout.yaml")
         url = private.front.bind.url
@@ -155,6 +163,7 @@ def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
             "by_status": {("no answer" if s == NO_ANSWER else str(s)): n
                           for s, n in result.by_status.items()},
             "partial_answers": result.partial_answers, "rejected_by_front": rejected,
+            "engine_ceiling": ceiling,
             "memory": {"start_bytes": start, "end_bytes": end, **memory,
                        "timeline": timeline},
             "machine": {"cores": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
@@ -179,8 +188,14 @@ def report_text(report: dict[str, Any]) -> str:
         "completions/s; latency of 200s: "
         + ", ".join(f"{p} {load[f'{p}_s']:.3f} s" if load[f"{p}_s"] is not None
                     else f"{p} -" for p in ("p50", "p95", "p99")),
-        "memory (RSS) at start -> end:",
     ]
+    if (ceiling := report.get("engine_ceiling")) is not None:
+        lines.append(
+            f"the engine alone ({ceiling['processes']} in-process models, no HTTP, "
+            f"{ceiling['seconds']:g} s): {ceiling['completions_per_s']:.2f} completions/s; "
+            f"the soak reached {load['completions_per_s'] / ceiling['completions_per_s']:.0%}"
+            " of it")
+    lines.append("memory (RSS) at start -> end:")
     for name, before in sorted(memory["start_bytes"].items()):
         after = memory["end_bytes"].get(name)
         change = memory["per_process_percent"].get(name)
@@ -207,6 +222,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length", type=int, help="new tokens (default: the layout's)")
     parser.add_argument("--max-growth", type=float, default=5.0,
                         help="largest memory growth of any process, percent (default 5)")
+    parser.add_argument("--ceiling", type=float, default=0.0, metavar="SECONDS",
+                        help="first run the pool's engine alone, one in-process model per "
+                             "slot generating the same request back to back, for about "
+                             "this long: the completions/s the tiers are read against "
+                             "(CPU pools; default 0, not run)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--log", type=Path, help="the tiers' log (default: a temp file)")
 
@@ -221,9 +241,13 @@ def run(args: argparse.Namespace, layout: Layout) -> int:
     if pool not in layout.pools:
         print(f"error: no pool {pool!r} in {layout.source}", file=sys.stderr)
         return 2
-    if args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.think < 0:
-        print("error: --clients and --duration must be positive, --warmup and --think not "
-              "negative", file=sys.stderr)
+    if (args.clients < 1 or args.duration <= 0 or args.warmup < 0 or args.think < 0
+            or args.ceiling < 0):
+        print("error: --clients and --duration must be positive, --warmup, --think and "
+              "--ceiling not negative", file=sys.stderr)
+        return 2
+    if args.ceiling and any(slot.is_cuda for slot in layout.pools[pool].slots):
+        print("error: --ceiling measures CPU pools only", file=sys.stderr)
         return 2
     if not 1 <= args.n_samples <= layout.front.max_samples:
         print(f"error: --n-samples must be 1..{layout.front.max_samples}", file=sys.stderr)
@@ -236,7 +260,7 @@ def run(args: argparse.Namespace, layout: Layout) -> int:
     settings = Settings(pool=pool, clients=args.clients, duration=args.duration,
                         warmup=args.warmup, think=args.think, n_samples=args.n_samples,
                         length=args.length or layout.defaults.length,
-                        max_growth_percent=args.max_growth)
+                        max_growth_percent=args.max_growth, ceiling_seconds=args.ceiling)
     log_path = args.log or Path(tempfile.mkstemp(prefix="fanout-soak-", suffix=".log")[1])
     print(f"tiers' log: {log_path}", flush=True)
     try:

@@ -27,6 +27,7 @@ def test_a_short_soak_balances_its_books(write_layout: LayoutFactory, tmp_path: 
     done = subprocess.run(
         [*SOAK, "--layout", str(layout), "--clients", "6",
          "--duration", "4", "--warmup", "1", "--n-samples", "2", "--length", "5",
+         "--ceiling", "1",
          "--json", str(report_path), "--log", str(tmp_path / "tiers.log")],
         capture_output=True, text=True, timeout=180)
 
@@ -41,6 +42,12 @@ def test_a_short_soak_balances_its_books(write_layout: LayoutFactory, tmp_path: 
     assert {"front master", "pool-small master"} <= names
     assert sum(name.startswith("pool-small worker") for name in names) == 2
     assert "PASSED" in done.stdout and "by status: 200:" in done.stdout
+    # The engine alone first: one in-process model per slot, each given a few samples.
+    ceiling = report["engine_ceiling"]
+    assert ceiling["processes"] == 2 and ceiling["completions"] >= 2 * 5
+    assert ceiling["completions_per_s"] == pytest.approx(
+        ceiling["completions"] / ceiling["seconds"], rel=0.01)
+    assert "the engine alone (2 in-process models, no HTTP" in done.stdout
     assert processes_of(tmp_path) == []
 
 
