@@ -36,7 +36,7 @@ def shipped_tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningT
 
 
 @pytest.mark.parametrize("pool", ["small", "medium"])
-def test_each_shipped_model_answers_with_three_workers(shipped_tiers: RunningTiers,
+def test_each_shipped_model_answers_three_samples(shipped_tiers: RunningTiers,
                                                        pool: str) -> None:
     response = requests.post(f"{shipped_tiers.front_url}/autocomplete", timeout=60,
                              json={"context": "The nation", "model_size": pool, "seed": 7,

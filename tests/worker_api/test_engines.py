@@ -57,6 +57,21 @@ def test_generation_stops_once_abandoned(engine: Engine) -> None:
                            abandoned=lambda: False).tokens == 40
 
 
+def test_an_error_while_generating_reaches_the_caller_and_the_engine_goes_on(
+        engine: Engine) -> None:
+    # CTranslate2 runs the per-token checks in its decoding thread's callback, which
+    # must neither swallow an error nor leave decoding running.
+    asked = []
+
+    def failing() -> bool:
+        asked.append(1)
+        raise OSError("the socket check failed")
+    with pytest.raises(OSError, match="socket check"):
+        engine.generate(params(length=40, temperature=0, seed=1), abandoned=failing)
+    assert len(asked) == 1
+    assert engine.generate(params(length=5, temperature=0, seed=1)).tokens == 5
+
+
 def test_a_stop_sequence_ends_the_text_before_it(engine: Engine) -> None:
     full = engine.generate(params(length=30, temperature=0))
     stop = full.text[10:12]
