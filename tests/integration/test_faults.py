@@ -93,13 +93,28 @@ def abandoned_lines(tiers: RunningTiers, request_id: str, count: int) -> list[di
 
 
 def test_a_worker_killed_mid_generation_costs_no_sample(tiers: RunningTiers) -> None:
-    victim = tiers.ready_slots("small")["0"]
-    response, _ = while_posting(tiers, [victim], lambda: _signal(victim, signal.SIGKILL),
-                                n_samples=3, max_time=1.5, **LONG)
+    ready = tiers.ready_slots("small")
+    victim, spare = ready["0"], ready["2"]
+
+    def kill_with_a_worker_free() -> None:
+        _signal(spare, signal.SIGCONT)  # in accept() again: it takes the resent sample
+        _signal(victim, signal.SIGKILL)
+
+    # Worker 2 stopped, the two samples go to workers 0 and 1 and each lasts its whole
+    # max_time: the victim is seen serving long before it could finish, however slow the
+    # machine. The resent sample starts at once on worker 2 and, though it gets the whole
+    # max_time again, ends well within the deadline (max_time + network_slack).
+    _signal(spare, signal.SIGSTOP)
+    try:
+        response, _ = while_posting(tiers, [victim, ready["1"]], kill_with_a_worker_free,
+                                    n_samples=2, max_time=3.0, **LONG)
+    finally:
+        _signal(spare, signal.SIGCONT)
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["partial"] is False and len(body["sentences"]) == 3
+    assert body["partial"] is False and len(body["sentences"]) == 2
+    assert spare in {s["worker"]["pid"] for s in body["sentences"]}
     assert victim not in {s["worker"]["pid"] for s in body["sentences"]}
     assert "sending the sample again" in tiers.logs["front"].read_text()
     # The master respawns the worker into the same slot, and it serves again.
