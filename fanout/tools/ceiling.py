@@ -42,7 +42,7 @@ class Ceiling:
 
     def summary(self) -> dict[str, Any]:
         return {"processes": self.processes, "threads": self.threads,
-                "seconds": round(self.seconds, 2), "completions": self.completions,
+                "seconds": round(self.seconds, 3), "completions": self.completions,
                 "completions_per_s": round(self.completions_per_s, 2)}
 
 
