@@ -136,10 +136,9 @@ class RunningTiers:
 
     def wait_serving(self, pool: str, pids: list[int],
                      seconds: float = READY_SECONDS) -> None:
-        """Until each worker in ``pids`` holds a connection it accepted on the pool's port,
-        that is, serves a request now (a sync worker serves one at a time)."""
-        port = self.layout.pools[pool].bind.port
-        self.wait_until(lambda: all(serving(pid, port) for pid in pids),
+        """Until each worker in ``pids`` (of ``pool``) holds a connection it accepted, that
+        is, serves a request now (a sync worker serves one at a time)."""
+        self.wait_until(lambda: all(serving(pid) for pid in pids),
                         f"workers {pids} of {pool} all serving", seconds, every=0.02)
 
     def wait_inflight(self, count: int, seconds: float = READY_SECONDS) -> None:
@@ -189,14 +188,29 @@ def paused(pids: Iterable[int]) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
-def serving(pid: int, port: int) -> bool:
-    """Does process ``pid`` hold an accepted connection on ``port`` (not its listener)?"""
+def serving(pid: int) -> bool:
+    """Does sync worker ``pid`` hold a connection it accepted? It shares its master's
+    listening sockets, and holds one socket more while it serves a request.
+
+    Read from /proc/<pid>/fd alone: the kernel's TCP table (/proc/net/tcp, which psutil
+    reads to match sockets to ports) took up to seconds a read on a loaded machine,
+    longer than the samples a faults test must catch in progress."""
     try:
-        connections = psutil.Process(pid).net_connections(kind="tcp")
-    except psutil.Error:
+        master = psutil.Process(pid).ppid()
+        return bool(_sockets(pid) - _sockets(master))
+    except (psutil.Error, OSError):
         return False
-    return any(c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
-               for c in connections)
+
+
+def _sockets(pid: int) -> set[str]:
+    """The sockets process ``pid`` holds open, as /proc names them (``socket:[inode]``)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with suppress(OSError):  # closed since the listing
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:"):
+                found.add(link)
+    return found
 
 
 def _accepts(url: str) -> bool:
