@@ -168,36 +168,32 @@ class Fields:
 
     def stop_sequences(self, name: str) -> tuple[str, ...]:
         """A string or a list of up to MAX_STOP_SEQUENCES non-empty strings."""
-        value = self.body.get(name)
-        if value is None:
-            return ()
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ParamError(name, f"must be a string or a list of strings, not "
-                                   f"{json_type(value)}")
-        if len(items) > MAX_STOP_SEQUENCES:
-            raise ParamError(name, f"may hold at most {MAX_STOP_SEQUENCES} sequences, "
-                                   f"not {len(items)}")
-        for item in items:
-            if not 0 < len(item) <= MAX_STOP_CHARS:
-                raise ParamError(name, f"sequences must be 1 to {MAX_STOP_CHARS} characters")
-            Fields({name: item}, frozenset({name})).string(name)  # no lone surrogates
-        return tuple(items)
+        return self._strings(name, "sequences", MAX_STOP_SEQUENCES, 1, MAX_STOP_CHARS,
+                             lone=True)
 
     def texts(self, name: str, most: int, chars: int) -> tuple[str, ...]:
         """A list of up to ``most`` strings of up to ``chars`` characters each."""
+        return self._strings(name, "texts", most, 0, chars, lone=False)
+
+    def _strings(self, name: str, noun: str, most: int, shortest: int, longest: int,
+                 lone: bool) -> tuple[str, ...]:
+        """Up to ``most`` strings of ``shortest`` to ``longest`` characters, as a list
+        (or, with ``lone``, one string alone); ``noun`` names them in the errors."""
         value = self.body.get(name)
         if value is None:
             return ()
-        if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
-            raise ParamError(name, f"must be a list of strings, not {json_type(value)}")
-        if len(value) > most:
-            raise ParamError(name, f"may hold at most {most} texts, not {len(value)}")
-        for item in value:
-            if len(item) > chars:
-                raise ParamError(name, f"texts must be at most {chars} characters")
+        items = [value] if lone and isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            kinds = "a string or a list of strings" if lone else "a list of strings"
+            raise ParamError(name, f"must be {kinds}, not {json_type(value)}")
+        if len(items) > most:
+            raise ParamError(name, f"may hold at most {most} {noun}, not {len(items)}")
+        for item in items:
+            if not shortest <= len(item) <= longest:
+                size = f"{shortest} to {longest}" if shortest else f"at most {longest}"
+                raise ParamError(name, f"{noun} must be {size} characters")
             Fields({name: item}, frozenset({name})).string(name)  # no lone surrogates
-        return tuple(value)
+        return tuple(items)
 
     def token_ids(self, name: str) -> tuple[int, ...] | None:
         """A non-empty list of token ids (whether the vocabulary has them, the worker says)."""
