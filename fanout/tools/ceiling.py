@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fanout.layout import GenerationDefaults, Pool
+from fanout.layout import Pool
 from fanout.protocol import GenerationParams
 from fanout.tools.bench.inprocess import (
     TRANSFORMERS,
@@ -46,18 +46,10 @@ class Ceiling:
                 "completions_per_s": round(self.completions_per_s, 2)}
 
 
-def autocomplete_params(context: str, length: int, defaults: GenerationDefaults
-                        ) -> GenerationParams:
-    """One sample of ``POST /autocomplete`` with only context and length sent: what the
-    soak's clients ask for."""
-    return GenerationParams(context=context, length=length, temperature=defaults.temperature,
-                            top_k=defaults.top_k, top_p=defaults.top_p,
-                            max_time=defaults.max_time, stop_at=defaults.stop_at)
-
-
 def engine_ceiling(pool: Pool, params: GenerationParams, seconds: float) -> Ceiling:
-    """``len(pool.slots)`` processes generating ``params`` back to back for about
-    ``seconds``. CPU only: a GPU pool's ceiling is not measured here."""
+    """``len(pool.slots)`` processes generating ``params`` (one sample's, as the front
+    sends it to a worker) back to back for about ``seconds``. CPU only: a GPU pool's
+    ceiling is not measured here."""
     if any(slot.is_cuda for slot in pool.slots):
         raise ValueError("the engine ceiling runs CPU slots only")
     if pool.model.path is None:

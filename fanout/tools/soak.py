@@ -112,18 +112,20 @@ def verdict(result: LoadResult, memory: dict[str, Any], rejected_by_front: int |
 
 def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
     pool = layout.pools[settings.pool]
+    body = {"context": CONTEXT, "model_size": pool.name, "n_samples": settings.n_samples,
+            "length": settings.length}
     ceiling = None
     if settings.ceiling_seconds > 0:  # before the tiers start: nothing else on the cores
-        from fanout.tools.ceiling import autocomplete_params, engine_ceiling
+        from fanout.tools.ceiling import engine_ceiling
+        from frontend_api.resources import parse_autocomplete
 
-        ceiling = engine_ceiling(pool, autocomplete_params(CONTEXT, settings.length,
-                                                           layout.defaults),
-                                 settings.ceiling_seconds).summary()
+        # The clients' body read as the front reads it: the same sample for the engine.
+        asked = parse_autocomplete(body, layout.defaults, layout.limits, layout.pools,
+                                   layout.front.max_samples)
+        ceiling = engine_ceiling(pool, asked.params, settings.ceiling_seconds).summary()
     with tempfile.TemporaryDirectory(prefix="fanout-soak-") as directory:
         private = step_layout(layout, pool, len(pool.slots), Path(directory) / "layout.yaml")
         url = private.front.bind.url
-        body = {"context": CONTEXT, "model_size": pool.name, "n_samples": settings.n_samples,
-                "length": settings.length}
         timeout = private.limits.max_time + private.front.network_slack + 30
         with running_tiers(private, log_path, START_SECONDS) as supervisor:
             if settings.warmup > 0:
