@@ -121,9 +121,9 @@ class CTranslate2Engine(Engine):
                     take: Callable[[int], bool]) -> int | None:
         """One ``generate_batch`` whose callback hands each token over. ``generate_tokens``
         (``sample``) runs that same call in a thread of its own and passes every token
-        through a queue to the caller: two threads taking turns per token, 11.1 against
-        9.4 ms for a sample of the small model alone, 31 against 24 ms for three at once
-        on two cores (docs/BENCHMARKS.md, 2026-12-05)."""
+        through a queue to the caller: two threads taking turns per token. For the small
+        model, 4 to 7% of a sample alone, 8 to 21% of three at once on two cores
+        (docs/BENCHMARKS.md, 2026-12-05)."""
         if reshapes_logits(params):
             return super().sample_each(params, context, seed, take)
         generator, seed = self._generator(params, seed)
