@@ -35,6 +35,9 @@ DEFAULT_ENGINE = "transformers"
 # CTranslate2's compute types: these run on CPU and CUDA; the GPU_ONLY ones need CUDA.
 QUANTIZATIONS = ("int8", "int8_float32", "float32")
 GPU_ONLY_QUANTIZATIONS = ("float16", "bfloat16", "int8_float16")
+# Requests a CTranslate2 worker takes at once when they wait (pools.NAME.batch).
+DEFAULT_BATCH = 4
+MAX_BATCH = 64
 _DEVICE = re.compile(r"^(cpu|cuda:(0|[1-9][0-9]*))$")
 _POOL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # Another name for a pool (Write With Transformer's "gpt2/medium"): '/'-separated parts of
@@ -190,6 +193,9 @@ class Pool:
     quantization: str | None = None
     # Other names requests may use for this pool (model_size, model, /autocomplete/<alias>).
     aliases: tuple[str, ...] = ()
+    # Requests a worker takes at once when they are already waiting, and decodes as one
+    # batch (worker_api.gathering); 1 for transformers, which decodes one at a time.
+    batch: int = 1
 
     @property
     def precision(self) -> str:
@@ -424,7 +430,7 @@ class _Parser:
                                  "(at most 32, starting with a letter)")
         spec = self.mapping(value, key, required={"model", "bind", "slots"},
                             optional={"dtype", "allow_pickle", "worker_timeout", "hosts",
-                                      "engine", "quantization", "aliases"})
+                                      "engine", "quantization", "aliases", "batch"})
         slots_value = spec["slots"]
         if not isinstance(slots_value, list) or not slots_value:
             raise self.fail(f"{key}.slots", "needs a list of at least one worker slot")
@@ -438,6 +444,7 @@ class _Parser:
             raise self.fail(f"{key}.allow_pickle", "must be true or false")
         timeout = self.number(spec, key, "worker_timeout", Pool.worker_timeout,
                               low=1.0, high=86_400)
+        batch = self.batch(spec, key, engine)
         if timeout <= limits.max_time:
             raise self.fail(f"{key}.worker_timeout",
                             f"{timeout:g}s must exceed generation.limits.max_time "
@@ -447,7 +454,18 @@ class _Parser:
                     slots=slots, worker_timeout=timeout,
                     hosts=self.hosts(spec.get("hosts"), f"{key}.hosts"),
                     engine=engine, quantization=quantization,
-                    aliases=self.aliases(spec.get("aliases"), f"{key}.aliases"))
+                    aliases=self.aliases(spec.get("aliases"), f"{key}.aliases"), batch=batch)
+
+    def batch(self, spec: dict[str, Any], key: str, engine: str) -> int:
+        """How many waiting requests a worker may take at once: CTranslate2 decodes them
+        as one batch (default ``DEFAULT_BATCH``); transformers decodes one at a time."""
+        if engine != "ctranslate2":
+            if spec.get("batch", 1) != 1:
+                raise self.fail(f"{key}.batch", "applies to the ctranslate2 engine; the "
+                                                "transformers engine decodes one request "
+                                                "at a time")
+            return 1
+        return self.integer(spec, key, "batch", DEFAULT_BATCH, low=1, high=MAX_BATCH)
 
     def aliases(self, value: Any, key: str) -> tuple[str, ...]:
         if value is None:
@@ -641,7 +659,8 @@ def describe(layout: Layout) -> str:
                             for s in pool.slots)
         lines.append(f"  pool {pool.name}: {pool.model.source} ({pool.engine} "
                      f"{pool.precision}) on {pool.bind}, "
-                     f"{len(pool.slots)} workers [{devices}]")
+                     f"{len(pool.slots)} workers [{devices}]"
+                     + (f", batches of up to {pool.batch}" if pool.batch > 1 else ""))
         if pool.aliases:
             lines.append(f"    also named {', '.join(pool.aliases)}")
         if pool.hosts:

@@ -32,6 +32,10 @@ GENERATION = Histogram("fanout_worker_generation_seconds", "Time the model took 
 TOKENS = Counter("fanout_worker_generated_tokens", "Tokens generated, by slot", ["slot"])
 TOKEN_RATE = Histogram("fanout_worker_tokens_per_second", "Tokens per second of each "
                        "completion, by slot", ["slot"], buckets=RATE_BUCKETS)
+# Samples a worker decoded in one batch, from requests it took together (worker_api.rounds).
+BATCH_ROWS = Histogram("fanout_worker_batch_rows", "For each completion, how many samples "
+                       "were decoded in one batch with it (1: alone), by slot", ["slot"],
+                       buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64))
 RESTARTS = Counter("fanout_worker_restarts", "Workers started into a slot that an earlier "
                    "worker held (it died or was killed), by slot", ["slot"])
 # The live worker's figure per slot: a dead worker's is dropped, the newest one counts.
@@ -64,11 +68,12 @@ class WorkerObserver(RequestObserver):
         GENERATION.labels(self.label).observe(done.time)
         if done.time > 0:
             TOKEN_RATE.labels(self.label).observe(done.tokens / done.time)
+        BATCH_ROWS.labels(self.label).observe(done.batch)
         # Generation is what grows a worker's memory: measure it after each one.
         record_memory(self.slot, self.memory())
         # Why it ended ("abandoned": its front left) tells a stopped sample from a finished
         # one. A stream ends after its log line: no fields there.
-        note(tokens=done.tokens, finish_reason=done.finish_reason)
+        note(tokens=done.tokens, finish_reason=done.finish_reason, batch=done.batch)
 
 
 def record_boot(slot: Slot, load_seconds: float, restarted: bool,

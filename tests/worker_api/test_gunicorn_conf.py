@@ -129,7 +129,7 @@ WORKER = textwrap.dedent("""
     metrics.record_boot(slot, 2.5, restarted=False, memory={"rss_bytes": 1000})
     observer = metrics.WorkerObserver(falcon.routing.CompiledRouter(), slot,
                                       lambda: {"rss_bytes": 2000})
-    observer.completed(SimpleNamespace(tokens=7, time=0.5, finish_reason="length"))
+    observer.completed(SimpleNamespace(tokens=7, time=0.5, finish_reason="length", batch=1))
     print(os.getpid())
 """)
 

@@ -35,6 +35,7 @@ import psutil
 from fanout.model_files import ModelLoadError
 from fanout.params import MAX_SEED, ParamError
 from fanout.protocol import GenerationParams, StreamPiece, WorkerCompletion
+from worker_api import rounds
 from worker_api.engines.endings import EXTRA_TOKENS, Ending
 from worker_api.engines.logprobs import (
     Entry,
@@ -70,6 +71,7 @@ class Completion:
     context_tokens: int
     prompt_text: str | None = None  # with echo
     logprobs: Logprobs | None = None  # with logprobs
+    batch: int = 1  # samples decoded in one batch with this one (worker_api.rounds)
 
     def to_wire(self, worker: dict[str, Any]) -> WorkerCompletion:
         """The completion as the worker answers it (``worker``: who answered)."""
@@ -345,6 +347,7 @@ class Engine(ABC):
         A non-streamed completion is generated this way. Engines whose sampler calls back
         more cheaply than it feeds an iterator (CTranslate2's runs in its own thread)
         override it."""
+        rounds.leave()  # samples one at a time: requests taken with it need not wait
         tokens, used = self.sample(params, context, seed)
         try:
             for token in tokens:
@@ -364,7 +367,9 @@ class Engine(ABC):
         run = _Run(self, params, abandoned)
         seed = (self.sample_each(run.sampled, run.prompt.ids, run.wanted_seed, run.take)
                 if params.length else params.seed)
-        return run.report.complete(run.completion(seed), run.decoding, None)
+        done = run.report.complete(run.completion(seed), run.decoding, None)
+        together = rounds.rows()
+        return done if together == 1 else replace(done, batch=together)
 
     def stream(self, params: GenerationParams, abandoned: Callable[[], bool] | None = None
                ) -> Iterator[str | Piece | Completion]:
@@ -372,6 +377,7 @@ class Engine(ABC):
 
         A piece is a ``str``, or a ``Piece`` when echo or logprobs ask for more than text.
         """
+        rounds.leave()  # a stream is not batched: requests taken with it need not wait
         run = _Run(self, params, abandoned)
         report, decoding = run.report, run.decoding
         live = params.logprobs is not None

@@ -33,7 +33,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ from fanout.convert import MANIFEST, read_manifest
 from fanout.layout import Model
 from fanout.model_files import ModelLoadError
 from fanout.protocol import GenerationParams
+from worker_api import rounds
 from worker_api.engines.base import Engine, bans, is_greedy, reshapes_logits
 from worker_api.engines.logprobs import Scored
 
@@ -123,30 +125,36 @@ class CTranslate2Engine(Engine):
         (``sample``) runs that same call in a thread of its own and passes every token
         through a queue to the caller: two threads taking turns per token. For the small
         model, 4 to 7% of a sample alone, 8 to 21% of three at once on two cores
-        (docs/BENCHMARKS.md, 2026-12-05)."""
+        (docs/BENCHMARKS.md, 2026-12-05).
+
+        In a round of requests the worker took together (``worker_api.rounds``), the
+        samples that decode alike share that call, one batch row each. A seeded sample
+        runs alone, on a generator of its own (module docstring)."""
         if reshapes_logits(params):
             return super().sample_each(params, context, seed, take)
         generator, seed = self._generator(params, seed)
-        count, stopped = 0, False
-        failed: list[BaseException] = []
+        sample = _Sample(self._tokens(context), take, self._decoding(params))
+        seat = rounds.current()
+        if seat is None or generator is not self.generator:
+            rounds.leave()
+            self._decode(generator, [sample])
+        else:
+            seat.gather(sample.key, sample, partial(self._decode, generator))
+        sample.finish(self.eos_token_id)
+        return seed
+
+    @staticmethod
+    def _decode(generator: ctranslate2.Generator, samples: list[_Sample]) -> None:
+        """Decode ``samples`` (alike but for their length) as one batch; each row stops
+        when its own callback says so."""
+        options = {**samples[0].options,
+                   "max_length": max(sample.options["max_length"] for sample in samples)}
 
         def on_step(step: Any) -> bool:  # called by CTranslate2's decoding thread
-            nonlocal count, stopped
-            count += 1
-            try:
-                stopped = take(step.token_id)
-            except BaseException as error:  # CTranslate2 would swallow it: stop, raise here
-                failed.append(error)
-                stopped = True
-            return stopped
+            return samples[step.batch_id].step(step.token_id)
 
-        generator.generate_batch([self._tokens(context)], callback=on_step, beam_size=1,
-                                 include_prompt_in_result=False, **self._decoding(params))
-        if failed:
-            raise failed[0]
-        if not stopped and count < params.length:  # it ended on the end token
-            take(self.eos_token_id)
-        return seed
+        generator.generate_batch([sample.tokens for sample in samples], callback=on_step,
+                                 beam_size=1, include_prompt_in_result=False, **options)
 
     def _generator(self, params: GenerationParams,
                    seed: int | None) -> tuple[ctranslate2.Generator, int | None]:
@@ -193,6 +201,44 @@ class CTranslate2Engine(Engine):
             "ctranslate2": ctranslate2.__version__,
             "threads": self.options["intra_threads"],
         }
+
+
+class _Sample:
+    """One row of a decoding: its prompt, options, and the caller's ``take``."""
+
+    def __init__(self, tokens: list[str], take: Callable[[int], bool],
+                 options: dict[str, Any]) -> None:
+        self.tokens, self.take, self.options = tokens, take, options
+        self.count, self.stopped = 0, False
+        self.failed: BaseException | None = None
+
+    @property
+    def key(self) -> Hashable:
+        """Samples with equal keys may share a batch: every option but the length."""
+        return tuple(sorted((name, _frozen(value)) for name, value in self.options.items()
+                            if name != "max_length"))
+
+    def step(self, token: int) -> bool:
+        self.count += 1
+        try:
+            self.stopped = self.take(token)
+        except BaseException as error:  # CTranslate2 would swallow it: stop, raise later
+            self.failed = error
+            self.stopped = True
+        return self.stopped
+
+    def finish(self, eos_token_id: int) -> None:
+        """After decoding: raise what ``take`` raised; hand over the end token where the
+        row ended on it (CTranslate2 does not return it)."""
+        if self.failed is not None:
+            raise self.failed
+        if not self.stopped and self.count < self.options["max_length"]:
+            self.take(eos_token_id)
+
+
+def _frozen(value: Any) -> Hashable:
+    """``value`` (a decoding option: a number, a string, None, nested lists) hashable."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
 def _numpy(logits: ctranslate2.StorageView) -> Logits:
