@@ -2,10 +2,12 @@
 
 An idle worker blocks in accept() and takes one connection, exactly as gunicorn's sync
 worker does, so the fan-out still spreads over idle workers (gunicorn_conf). What it adds:
-right after that accept it takes, without waiting, any further connections already
-queued on the listener, up to the pool's ``batch``. Those had found no idle worker;
-served as one round (``worker_api.rounds``), their samples decode as one batch instead of
-waiting for one another. With nothing queued it serves the one connection as before.
+when it takes a connection while no other worker of the pool is idle, it also takes,
+without waiting, the connections already queued on the listener, up to the pool's
+``batch``: no idle worker was left for them. Served as one round (``worker_api.rounds``),
+their samples decode as one batch instead of one after another. Whether the others are
+idle it reads from an ``IdleBoard``, one byte per slot in memory the master shares with
+every worker it forks.
 
 Imported by the master (gunicorn_conf names the class): gunicorn and the standard
 library only.
@@ -14,6 +16,8 @@ library only.
 from __future__ import annotations
 
 import errno
+import mmap
+import os
 import socket
 import threading
 from typing import Any
@@ -22,17 +26,46 @@ from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
 
 from worker_api.rounds import Round, serving
+from worker_api.slots import SLOT_ENV
 
 # accept() on the non-blocking listener when nothing more is queued.
 _NOTHING_QUEUED = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
 
 
+class IdleBoard:
+    """Which of a pool's workers wait in accept(): one byte per slot, in an anonymous
+    shared mapping the master makes before it forks, so every worker sees the others'.
+    A worker that dies idle leaves its byte set until its successor takes a connection:
+    meanwhile the others take one connection at a time, as sync workers do."""
+
+    def __init__(self, slots: int) -> None:
+        self.flags = mmap.mmap(-1, slots)
+
+    def mark(self, slot: int, idle: bool) -> None:
+        self.flags[slot] = idle
+
+    def others_idle(self, slot: int) -> bool:
+        return self.flags[:].count(1) - self.flags[slot] > 0
+
+
 class GatheringWorker(SyncWorker):
     batch = 1  # set by ``gathering_worker``
+    board = IdleBoard(1)
+    slot = 0
+
+    def run(self) -> None:
+        self.slot = int(os.environ[SLOT_ENV])  # post_fork set it
+        super().run()
 
     def accept(self, listener: socket.socket) -> None:
-        taken = [listener.accept()]
-        while len(taken) < self.batch:
+        try:
+            first = listener.accept()
+        except OSError:  # nothing queued (EAGAIN): this worker goes to wait in select()
+            self.board.mark(self.slot, True)
+            raise
+        self.board.mark(self.slot, False)
+        taken = [first]
+        while len(taken) < self.batch and not self.board.others_idle(self.slot):
             try:
                 taken.append(listener.accept())
             except OSError as error:
@@ -60,6 +93,7 @@ class GatheringWorker(SyncWorker):
             self.handle(listener, client, address)
 
 
-def gathering_worker(batch: int) -> type[GatheringWorker]:
-    """The worker class for a pool whose workers take up to ``batch`` requests at once."""
-    return type("GatheringWorker", (GatheringWorker,), {"batch": batch})
+def gathering_worker(batch: int, board: IdleBoard) -> type[GatheringWorker]:
+    """The worker class for a pool whose workers take up to ``batch`` requests at once;
+    ``board`` is shared by the pool's workers (make it before they fork)."""
+    return type("GatheringWorker", (GatheringWorker,), {"batch": batch, "board": board})

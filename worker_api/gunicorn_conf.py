@@ -20,7 +20,7 @@ from fanout.convert import prepare
 from fanout.layout import LayoutError, load_layout
 from fanout.logs import logging_config
 from worker_api.engines import CONVERTED_ENV
-from worker_api.gathering import gathering_worker
+from worker_api.gathering import IdleBoard, gathering_worker
 from worker_api.slots import (
     METRICS_DIR_ENV,
     RESTARTED_ENV,
@@ -43,9 +43,10 @@ workers = len(_pool.slots)
 # keep-alive). An idle worker is therefore the only one blocked in accept(), so the
 # kernel hands each of a fan-out's N connections to a different idle worker: gunicorn's
 # accept loop is the load balancer. Threaded or async workers would break that. A
-# CTranslate2 pool's worker also takes the connections already queued when it accepts
-# one (they found no idle worker) and decodes them as one batch: worker_api.gathering.
-worker_class = gathering_worker(_pool.batch) if _pool.batch > 1 else "sync"
+# CTranslate2 pool's worker, taking one while no other is idle, also takes those already
+# queued (they found no idle worker) and decodes them as one batch: worker_api.gathering.
+worker_class = (gathering_worker(_pool.batch, IdleBoard(len(_pool.slots)))
+                if _pool.batch > 1 else "sync")
 timeout = int(_pool.worker_timeout)
 graceful_timeout = int(_layout.limits.max_time) + 5
 proc_name = f"fanout-pool-{_pool.name}"

@@ -188,6 +188,14 @@ def paused(pids: Iterable[int]) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
+def queued(url: str) -> int:
+    """Connections waiting for a worker in the accept queue of the server at ``url``: a
+    listening socket's Recv-Q, as ss reads it from the kernel."""
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{urlsplit(url).port}"],
+                               capture_output=True, text=True, check=True).stdout
+    return sum(int(line.split()[1]) for line in listening.splitlines() if line.strip())
+
+
 def serving(pid: int) -> bool:
     """Does sync worker ``pid`` hold a connection it accepted? It shares its master's
     listening sockets, and holds one socket more while it serves a request.

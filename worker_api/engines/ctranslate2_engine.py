@@ -214,9 +214,13 @@ class _Sample:
 
     @property
     def key(self) -> Hashable:
-        """Samples with equal keys may share a batch: every option but the length."""
-        return tuple(sorted((name, _frozen(value)) for name, value in self.options.items()
-                            if name != "max_length"))
+        """Samples with equal keys may share a batch: prompts of one length, every option
+        but the length to generate. CTranslate2 feeds a batch's prompts at once only up to
+        the shortest; the rest of a longer one it decodes step by step and hands to the
+        callback as if sampled."""
+        return (len(self.tokens), *sorted((name, _frozen(value))
+                                          for name, value in self.options.items()
+                                          if name != "max_length"))
 
     def step(self, token: int) -> bool:
         self.count += 1
