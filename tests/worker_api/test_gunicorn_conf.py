@@ -17,6 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.samples import Sample
 
 from tests.conftest import LayoutFactory
+from worker_api.gathering import GatheringWorker
 from worker_api.slots import METRICS_DIR_ENV, RESTARTED_ENV, STATE_DIR_ENV
 
 
@@ -53,6 +54,16 @@ def test_settings_follow_the_pool(layout: Path, monkeypatch: pytest.MonkeyPatch)
     assert conf.workers == 3 and conf.worker_class == "sync"
     assert conf.bind == ["127.0.0.1:9101"] and conf.timeout == 60
     assert conf.preload_app is False
+
+
+def test_a_ctranslate2_pool_gathers_what_queues_with_a_board_per_slot(
+        write_layout: LayoutFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_layout(pools={"gpu": {"bind": "127.0.0.1:9101", "engine": "ctranslate2",
+                                       "dtype": None, "batch": 3,
+                                       "slots": [{"device": "cpu"}, {"device": "cpu"}]}})
+    conf = load_conf(path, monkeypatch, None)
+    assert issubclass(conf.worker_class, GatheringWorker) and conf.worker_class.batch == 3
+    assert len(conf.worker_class.board.flags) == 2
 
 
 def test_pre_fork_fills_the_lowest_free_slot(layout: Path,
