@@ -459,13 +459,13 @@ class _Parser:
     def batch(self, spec: dict[str, Any], key: str, engine: str) -> int:
         """How many waiting requests a worker may take at once: CTranslate2 decodes them
         as one batch (default ``DEFAULT_BATCH``); transformers decodes one at a time."""
-        if engine != "ctranslate2":
-            if spec.get("batch", 1) != 1:
-                raise self.fail(f"{key}.batch", "applies to the ctranslate2 engine; the "
-                                                "transformers engine decodes one request "
-                                                "at a time")
-            return 1
-        return self.integer(spec, key, "batch", DEFAULT_BATCH, low=1, high=MAX_BATCH)
+        if engine == "ctranslate2":
+            return self.integer(spec, key, "batch", DEFAULT_BATCH, low=1, high=MAX_BATCH)
+        if self.integer(spec, key, "batch", 1, low=1, high=MAX_BATCH) != 1:
+            raise self.fail(f"{key}.batch", "applies to the ctranslate2 engine; the "
+                                            "transformers engine decodes one request at "
+                                            "a time")
+        return 1
 
     def aliases(self, value: Any, key: str) -> tuple[str, ...]:
         if value is None:

@@ -83,6 +83,7 @@ class Seat:
                 entry = _Entry(key, item, run)
                 ready = taken._settle(entry)  # type: ignore[arg-type]
         if again:
+            self.rows = 1
             run([item])
             return
         if ready is not None:

@@ -155,6 +155,16 @@ _DELETE = object()
       "pools.big": {"model": "gpt2", "bind": "127.0.0.1:8102", "slots": ["cpu"],
                     "aliases": ["gpt2/medium"]}},
      "pools.big.aliases[0]", "'gpt2/medium' is already an alias of pool small"),
+    ({"pools.small.batch": 2}, "pools.small.batch", "applies to the ctranslate2 engine"),
+    ({"pools.small.batch": True}, "pools.small.batch", "must be an integer, not True"),
+    ({"pools.small.engine": "ctranslate2", "pools.small.batch": 0}, "pools.small.batch",
+     "0 is outside 1..64"),
+    ({"pools.small.engine": "ctranslate2", "pools.small.batch": 65}, "pools.small.batch",
+     "65 is outside 1..64"),
+    ({"pools.small.engine": "ctranslate2", "pools.small.batch": "4"}, "pools.small.batch",
+     "must be an integer, not '4'"),
+    ({"pools.small.engine": "ctranslate2", "pools.small.batch": True}, "pools.small.batch",
+     "must be an integer, not True"),
 ])
 def test_every_problem_names_file_key_and_reason(
         tmp_path: Path, tiny_model_dir: Path, change: dict[str, Any], key: str,
@@ -207,6 +217,27 @@ def test_engines_quantizations_and_pinned_cores(write_layout: LayoutFactory) -> 
     assert reference.precision == "float32"
     # pinned to N cores, a worker gets N threads unless the slot asks for fewer
     assert [(s.cpus, s.threads) for s in fast.slots] == [((0, 1), 2), ((1,), 1)]
+
+
+def test_batches_are_for_ctranslate2_pools(write_layout: LayoutFactory) -> None:
+    layout = load_layout(write_layout(pools={
+        "fast": {"bind": "127.0.0.1:9101", "engine": "ctranslate2", "dtype": None,
+                 "slots": ["cpu"]},
+        "wide": {"bind": "127.0.0.1:9102", "engine": "ctranslate2", "dtype": None,
+                 "batch": 16, "slots": ["cpu"]},
+        "single": {"bind": "127.0.0.1:9103", "engine": "ctranslate2", "dtype": None,
+                   "batch": 1, "slots": ["cpu"]},
+        "reference": {"bind": "127.0.0.1:9104", "slots": ["cpu"]},
+        "explicit": {"bind": "127.0.0.1:9105", "batch": 1, "slots": ["cpu"]}}))
+    assert {name: pool.batch for name, pool in layout.pools.items()} == {
+        "fast": 4, "wide": 16, "single": 1, "reference": 1, "explicit": 1}
+    described = {line.split(":")[0].strip(): line for line in describe(layout).splitlines()
+                 if line.startswith("  pool ")}
+    assert described["pool fast"].endswith("1 workers [cpux1t], batches of up to 4")
+    assert described["pool wide"].endswith(", batches of up to 16")
+    # a pool that takes one request at a time reads as it did before batches
+    assert all("batches" not in described[f"pool {name}"]
+               for name in ("single", "reference", "explicit"))
 
 
 def test_admission_and_access_settings(write_layout: LayoutFactory, tmp_path: Path) -> None:
