@@ -130,6 +130,7 @@ def step_layout(layout: Layout, pool: Pool, workers: int, path: Path) -> Layout:
             "engine": pool.engine,
             **({"quantization": pool.quantization} if pool.quantization else
                {"dtype": pool.dtype}),
+            "batch": pool.batch,
             "bind": f"127.0.0.1:{free_port()}",
             "worker_timeout": pool.worker_timeout, "allow_pickle": pool.model.allow_pickle,
             "slots": [{"device": s.device, "threads": s.threads,

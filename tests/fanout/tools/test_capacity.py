@@ -104,6 +104,15 @@ def test_a_step_layout_holds_only_the_pool_with_its_slots_repeated(
     assert derived.limits == layout.limits and derived.defaults == layout.defaults
 
 
+def test_a_step_layout_keeps_the_pools_engine_and_batch(
+        write_layout: LayoutFactory, tmp_path: Path) -> None:
+    layout = load_layout(write_layout(pools={"small": {
+        "bind": "127.0.0.1:9101", "engine": "ctranslate2", "dtype": None,
+        "quantization": "int8_float32", "batch": 7, "slots": ["cpu"]}}))
+    pool = step_layout(layout, layout.pools["small"], 2, tmp_path / "w2.yaml").pools["small"]
+    assert (pool.engine, pool.quantization, pool.batch) == ("ctranslate2", "int8_float32", 7)
+
+
 def test_without_workers_the_count_is_capped_by_cores_and_memory(
         write_layout: LayoutFactory) -> None:
     layout = load_layout(write_layout(pools={"small": {"bind": "127.0.0.1:9101",
