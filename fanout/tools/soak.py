@@ -114,7 +114,7 @@ def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
     pool = layout.pools[settings.pool]
     body = {"context": CONTEXT, "model_size": pool.name, "n_samples": settings.n_samples,
             "length": settings.length}
-    ceiling = None
+    ceiling = batched = None
     if settings.ceiling_seconds > 0:  # before the tiers start: nothing else on the cores
         from fanout.tools.ceiling import engine_ceiling
         from frontend_api.resources import parse_autocomplete
@@ -123,6 +123,9 @@ def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
         asked = parse_autocomplete(body, layout.defaults, layout.limits, layout.pools,
                                    layout.front.max_samples)
         ceiling = engine_ceiling(pool, asked.params, settings.ceiling_seconds).summary()
+        if pool.batch > 1:  # and as the pool's workers decode what queues: whole batches
+            batched = engine_ceiling(pool, asked.params, settings.ceiling_seconds,
+                                     rows=pool.batch).summary()
     with tempfile.TemporaryDirectory(prefix="fanout-soak-") as directory:
         private = step_layout(layout, pool, len(pool.slots), Path(directory) / "layout.yaml")
         url = private.front.bind.url
@@ -165,7 +168,7 @@ def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
             "by_status": {("no answer" if s == NO_ANSWER else str(s)): n
                           for s, n in result.by_status.items()},
             "partial_answers": result.partial_answers, "rejected_by_front": rejected,
-            "engine_ceiling": ceiling,
+            "engine_ceiling": ceiling, "engine_ceiling_batched": batched,
             "memory": {"start_bytes": start, "end_bytes": end, **memory,
                        "timeline": timeline},
             "machine": {"cores": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
@@ -191,12 +194,14 @@ def report_text(report: dict[str, Any]) -> str:
         + ", ".join(f"{p} {load[f'{p}_s']:.3f} s" if load[f"{p}_s"] is not None
                     else f"{p} -" for p in ("p50", "p95", "p99")),
     ]
-    if (ceiling := report.get("engine_ceiling")) is not None:
-        lines.append(
-            f"the engine alone ({ceiling['processes']} in-process models, no HTTP, "
-            f"{ceiling['seconds']:g} s): {ceiling['completions_per_s']:.2f} completions/s; "
-            f"the soak reached {load['completions_per_s'] / ceiling['completions_per_s']:.0%}"
-            " of it")
+    for key, how in (("engine_ceiling", "one sample at a time"),
+                     ("engine_ceiling_batched", "in batches of {rows} samples")):
+        if (ceiling := report.get(key)) is not None:
+            lines.append(
+                f"the engine alone ({ceiling['processes']} in-process models, no HTTP, "
+                f"{ceiling['seconds']:g} s), {how.format(rows=ceiling['rows'])}: "
+                f"{ceiling['completions_per_s']:.2f} completions/s; the soak reached "
+                f"{load['completions_per_s'] / ceiling['completions_per_s']:.0%} of it")
     lines.append("memory (RSS) at start -> end:")
     for name, before in sorted(memory["start_bytes"].items()):
         after = memory["end_bytes"].get(name)
@@ -227,8 +232,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ceiling", type=float, default=0.0, metavar="SECONDS",
                         help="first run the pool's engine alone, one in-process model per "
                              "slot generating the same request back to back, for about "
-                             "this long: the completions/s the tiers are read against "
-                             "(CPU pools; default 0, not run)")
+                             "this long (and as long again in batches of the pool's "
+                             "batch, if it batches): the completions/s the tiers are read "
+                             "against (CPU pools; default 0, not run)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--log", type=Path, help="the tiers' log (default: a temp file)")
 

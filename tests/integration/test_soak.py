@@ -50,6 +50,30 @@ def test_a_short_soak_balances_its_books(write_layout: LayoutFactory, tmp_path: 
     fastest = ceiling["completions"] / (ceiling["seconds"] - 0.0005)
     assert slowest - 0.005 <= ceiling["completions_per_s"] <= fastest + 0.005
     assert "the engine alone (2 in-process models, no HTTP" in done.stdout
+    assert report["engine_ceiling_batched"] is None  # a transformers pool takes no batch
+    assert processes_of(tmp_path) == []
+
+
+def test_a_batching_pools_ceiling_is_measured_in_whole_batches_too(
+        write_layout: LayoutFactory, tmp_path: Path) -> None:
+    layout = write_layout(
+        pools={"small": {"bind": "127.0.0.1:18101", "engine": "ctranslate2", "dtype": None,
+                         "batch": 3, "slots": ["cpu", "cpu"]}},
+        front={"threads": 3, "max_inflight": 2, "max_queued_samples": 4})
+    report_path = tmp_path / "soak.json"
+    done = subprocess.run(
+        [*SOAK, "--layout", str(layout), "--clients", "3", "--duration", "2", "--warmup",
+         "1", "--n-samples", "3", "--length", "5", "--ceiling", "1",
+         "--json", str(report_path), "--log", str(tmp_path / "tiers.log")],
+        capture_output=True, text=True, timeout=180)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    one, batched = report["engine_ceiling"], report["engine_ceiling_batched"]
+    assert (one["rows"], batched["rows"], batched["processes"]) == (1, 3, 2)
+    # Whole batches of three, at least the calibration's five per process.
+    assert batched["completions"] % 3 == 0 and batched["completions"] >= 2 * 5 * 3
+    assert "in batches of 3 samples:" in done.stdout
     assert processes_of(tmp_path) == []
 
 

@@ -6,7 +6,9 @@ number of CPU threads, warms it up, and then runs the jobs it is sent:
 
 - ``sequential``: n samples one after another (the naive server), with either engine;
 - ``batched``: n samples in one transformers ``generate`` call with
-  ``num_return_sequences=n`` (transformers only).
+  ``num_return_sequences=n`` (transformers only);
+- ``rounds``: n samples, ``rows`` at a time decoded as one batch, as a worker decodes the
+  requests it took together (``worker_api.rounds``; CTranslate2).
 
 A ``ctranslate2`` process loads the conversion ``convert_once`` made, as a worker loads
 the one its gunicorn master made, and imports neither torch nor transformers.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -50,9 +53,10 @@ TRANSFORMERS = EngineChoice("transformers")
 
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "sequential" or "batched"
+    kind: str  # "sequential", "batched" or "rounds"
     params: GenerationParams
     n: int
+    rows: int = 1  # "rounds": samples decoded as one batch
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class ModelProcess:
     def send(self, job: Job) -> float:
         """Hand the job over; returns the send time for ``receive``."""
         started = time.perf_counter()
-        self._conn.send((job.kind, asdict(job.params), job.n))
+        self._conn.send((job.kind, asdict(job.params), job.n, job.rows))
         return started
 
     def receive(self, started: float) -> JobResult:
@@ -166,19 +170,48 @@ def _serve(conn: Connection, folder: str, threads: int, engine: EngineChoice) ->
         return
     conn.send("ready")
     while (message := conn.recv()) is not None:
-        kind, params, n = message
+        kind, params, n, rows = message
         try:
-            conn.send(_run(model, kind, GenerationParams(**params), n))
+            conn.send(_run(model, kind, GenerationParams(**params), n, rows))
         except Exception as error:
             conn.send(f"{type(error).__name__}: {error}")
 
 
-def _run(model: Any, kind: str, params: GenerationParams, n: int) -> list[int]:
+def _run(model: Any, kind: str, params: GenerationParams, n: int, rows: int) -> list[int]:
     if kind == "sequential":
         return [model.generate(sample_params(params, i)).tokens for i in range(n)]
     if kind == "batched":
         return _batched(model, params, n)
+    if kind == "rounds":
+        return [tokens for start in range(0, n, rows)
+                for tokens in _round(model, params, range(start, min(n, start + rows)))]
     raise ValueError(f"unknown job kind {kind!r}")
+
+
+def _round(model: Engine, params: GenerationParams, indexes: range) -> list[int]:
+    """Samples ``indexes`` of a request generated as one round: a thread each, as the
+    worker serves the connections it took together."""
+    from worker_api.rounds import Round, serving
+
+    together = Round(len(indexes))
+    tokens = [0] * len(indexes)
+    failed: list[BaseException] = []
+
+    def one(slot: int, index: int) -> None:
+        with serving(together):
+            try:
+                tokens[slot] = model.generate(sample_params(params, index)).tokens
+            except BaseException as error:
+                failed.append(error)
+
+    threads = [threading.Thread(target=one, args=pair) for pair in enumerate(indexes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
+    return tokens
 
 
 def sample_params(params: GenerationParams, index: int) -> GenerationParams:
