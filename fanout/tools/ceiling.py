@@ -4,9 +4,10 @@ One model process per slot of the pool (CPU slots, the slot's threads, the pool'
 and quantization, loaded as a worker loads it: ``fanout.tools.bench.inprocess``), every
 one generating the soak's request, one sample after another (or ``rows`` at a time as
 one batch, as a worker with that many requests queued decodes them), for the same
-stretch of time, all at once. Completions per second over that stretch is the most the tiers could
-serve on this host with this model: what the front, the HTTP hops, the edge and the load's
-own clients cost shows as the distance from it.
+stretch of time, all at once. Completions per second over that stretch is what the
+engine does on this host with this model and nothing around it: what the front, the HTTP
+hops, the edge and the load's own clients cost shows as the distance from it (measured
+in whole batches, the most the tiers could serve).
 """
 
 from __future__ import annotations
