@@ -33,10 +33,11 @@ _NOTHING_QUEUED = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
 
 
 class IdleBoard:
-    """Which of a pool's workers wait in accept(): one byte per slot, in an anonymous
-    shared mapping the master makes before it forks, so every worker sees the others'.
-    A worker that dies idle leaves its byte set until its successor takes a connection:
-    meanwhile the others take one connection at a time, as sync workers do."""
+    """Which of a pool's workers serve no request (they wait in accept(), or are still
+    loading): one byte per slot, in an anonymous shared mapping the master makes before
+    it forks, so every worker sees the others'. A worker that dies idle leaves its byte
+    set until its successor takes a connection: meanwhile the others take one connection
+    at a time, as sync workers do."""
 
     def __init__(self, slots: int) -> None:
         self.flags = mmap.mmap(-1, slots)
@@ -53,9 +54,12 @@ class GatheringWorker(SyncWorker):
     board = IdleBoard(1)
     slot = 0
 
-    def run(self) -> None:
+    def init_process(self) -> None:
+        # Idle from the start, while the model loads: a connection left queued for it is
+        # one it takes once ready, so the others do not take it meanwhile.
         self.slot = int(os.environ[SLOT_ENV])  # post_fork set it
-        super().run()
+        self.board.mark(self.slot, True)
+        super().init_process()
 
     def accept(self, listener: socket.socket) -> None:
         try:
