@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from playwright.sync_api import Browser
 
 from fanout.tools.ports import free_port
 from tests.conftest import layout_document
 from tests.integration.browser import chromium
 from tests.integration.paced_worker import PACED_APP, Gates
-from tests.integration.servers import RunningTiers
+from tests.integration.servers import RunningTiers, started
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +37,8 @@ def tiers(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
         generation={"defaults": {"max_time": 20.0},
                     "limits": {"length": 300, "max_time": 20.0, "context_bytes": 2048}},
     )
-    path = folder / "gpu_layout.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    running = RunningTiers(path, folder, only={"pool-small", "front"})
-    try:
-        running.wait_ready({"small"})
+    with started(document, folder, {"small"}, only={"pool-small", "front"}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 SAMPLES = 3  # the paced pool's workers
@@ -68,14 +61,8 @@ def paced(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Paced]:
                          "slots": [{"device": "cpu", "threads": 1}] * SAMPLES}},
         front={"bind": f"127.0.0.1:{free_port()}"},
         generation={"defaults": {"max_time": 60.0}, "limits": {"max_time": 60.0}})
-    path = tmp_path / "gpu_layout.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    running = RunningTiers(path, tmp_path, env=gates.env, apps={"pool-small": PACED_APP})
-    try:
-        running.wait_ready()
+    with started(document, tmp_path, env=gates.env, apps={"pool-small": PACED_APP}) as running:
         yield Paced(running, gates)
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

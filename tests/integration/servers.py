@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import psutil
 import requests
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -172,6 +173,22 @@ def ready_slots(url: str) -> dict[str, int]:
     except (requests.RequestException, ValueError):
         return {}
     return dict(body.get("ready_slots", {}))
+
+
+@contextmanager
+def started(document: Mapping[str, Any], folder: Path, ready: set[str] | None = None,
+            **options: Any) -> Iterator[RunningTiers]:
+    """The tiers of layout ``document``, written to ``folder``/gpu_layout.yaml (their
+    logs beside it), until ``ready`` pools (default: all) answer; stopped after the block.
+    ``options`` go to ``RunningTiers``."""
+    path = folder / "gpu_layout.yaml"
+    path.write_text(yaml.safe_dump(dict(document), sort_keys=False))
+    running = RunningTiers(path, folder, **options)
+    try:
+        running.wait_ready(ready)
+        yield running
+    finally:
+        running.stop()
 
 
 @contextmanager

@@ -13,11 +13,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-import yaml
 
 from fanout.tools.ports import free_port
 from tests.conftest import layout_document
-from tests.integration.servers import RunningTiers, paused, queued, scrape, total
+from tests.integration.servers import RunningTiers, paused, queued, scrape, started, total
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +35,8 @@ def one_worker(tmp_path_factory: pytest.TempPathFactory,
                        "dtype": None, "quantization": "int8", "batch": 4,
                        "slots": [{"device": "cpu"}]}},
         front={"bind": f"127.0.0.1:{free_port()}"})
-    path = folder / "gpu_layout.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    running = RunningTiers(path, folder)
-    try:
-        running.wait_ready()
+    with started(document, folder) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def batch_rows(tiers: RunningTiers) -> tuple[float, float]:

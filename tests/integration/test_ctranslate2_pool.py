@@ -10,12 +10,11 @@ from pathlib import Path
 import openai
 import pytest
 import requests
-import yaml
 
 from fanout.convert import CACHE_ENV, MANIFEST
 from fanout.tools.ports import free_port
 from tests.conftest import layout_document
-from tests.integration.servers import RunningTiers
+from tests.integration.servers import RunningTiers, started
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +28,9 @@ def ct2(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Itera
                         "dtype": None, "quantization": "int8",
                         "slots": [{"device": "cpu", "cpus": [0]}, {"device": "cpu"}]}},
         front={"bind": f"127.0.0.1:{free_port()}"})
-    path = folder / "gpu_layout.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
     # A cache of its own, empty: the pool's master must convert before its workers fork.
-    running = RunningTiers(path, folder, env={CACHE_ENV: str(folder / "cache")})
-    try:
-        running.wait_ready()
+    with started(document, folder, env={CACHE_ENV: str(folder / "cache")}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def autocomplete(tiers: RunningTiers, **body: object) -> dict:

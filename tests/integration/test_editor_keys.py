@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from playwright.sync_api import Browser, expect
 
 from fanout.tools.ports import free_port
 from frontend_api.access import API_KEYS_ENV
 from tests.conftest import layout_document
 from tests.integration.browser import ARTIFACTS
-from tests.integration.servers import RunningTiers
+from tests.integration.servers import RunningTiers, started
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -30,15 +29,9 @@ def tiers(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
         pools={"small": {"bind": f"127.0.0.1:{free_port()}",
                          "slots": [{"device": "cpu", "threads": 1}] * 2}},
         front={"bind": f"127.0.0.1:{free_port()}", "network_slack": 2.0})
-    path = folder / "gpu_layout.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    running = RunningTiers(path, folder, only={"pool-small", "front"},
-                           env={API_KEYS_ENV: f"some-other-key,{KEY}"})
-    try:
-        running.wait_ready({"small"})
+    with started(document, folder, {"small"}, only={"pool-small", "front"},
+                 env={API_KEYS_ENV: f"some-other-key,{KEY}"}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_the_real_front_refuses_without_the_key(tiers: RunningTiers) -> None:

@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 
 from fanout.tools.ports import free_port
 from fanout.tools.tiny_model import make_tiny_model
 from tests.conftest import layout_document
-from tests.integration.servers import RunningTiers, paused
+from tests.integration.servers import RunningTiers, paused, started
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +43,12 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningTiers]:
                "max_inflight": 3, "max_queued_samples": 3},
         generation={"limits": {"length": 2000, "max_time": 10.0}},
     )
-    path = folder / "gpu_layout.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    running = RunningTiers(path, folder)
-    try:
-        running.wait_ready()
-        yield running
-    finally:
-        for pid in running.ready_slots("small").values():
-            _signal(pid, signal.SIGCONT)  # never leave a stopped worker behind
-        running.stop()
+    with started(document, folder) as running:
+        try:
+            yield running
+        finally:
+            for pid in running.ready_slots("small").values():
+                _signal(pid, signal.SIGCONT)  # never leave a stopped worker behind
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import yaml
 
 from fanout.layout import DEFAULT_LAYOUT
 from fanout.tools.ports import free_port
-from tests.integration.servers import RunningTiers
+from tests.integration.servers import RunningTiers, started
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +25,8 @@ def shipped_tiers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningT
     for pool in document["pools"].values():
         pool["bind"] = f"127.0.0.1:{free_port()}"
         pool["model"] = str((DEFAULT_LAYOUT.parent / pool["model"]).resolve())
-    path = folder / "gpu_layout.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    running = RunningTiers(path, folder)
-    try:
-        running.wait_ready()
+    with started(document, folder) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.parametrize("pool", ["small", "medium"])
