@@ -107,16 +107,19 @@ def percentile(values: Sequence[float], percent: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def run_load(url: str, body: Mapping[str, Any], users: int, duration: float,
-             think: float = 0.0, timeout: float = 60.0, max_requests: int | None = None,
+def run_load(url: str, body: Mapping[str, Any] | Sequence[Mapping[str, Any]], users: int,
+             duration: float, think: float = 0.0, timeout: float = 60.0,
+             max_requests: int | None = None,
              on_record: Callable[[Record], None] | None = None) -> LoadResult:
     """Drive ``users`` closed-loop users at ``{url}/autocomplete`` for ``duration`` seconds.
+    Every user sends ``body``, or, given a list of bodies, user i sends the i-th (cycled).
 
     No request starts after the deadline; those in flight are waited for (each at most
     ``timeout``), so the run ends within ``duration + timeout``. ``on_record`` is called
     for every record, one at a time (the capacity tool moves its progress bar with it).
     """
-    load = _Load(f"{url.rstrip('/')}/autocomplete", dict(body), think, timeout,
+    bodies = [dict(body)] if isinstance(body, Mapping) else [dict(b) for b in body]
+    load = _Load(f"{url.rstrip('/')}/autocomplete", bodies, think, timeout,
                  max_requests, on_record)
     threads = [threading.Thread(target=load.user, args=(user, users), daemon=True,
                                 name=f"load-user-{user}") for user in range(users)]
@@ -135,9 +138,10 @@ def run_load(url: str, body: Mapping[str, Any], users: int, duration: float,
 class _Load:
     """What the user threads share: the clock, the request budget and the records."""
 
-    def __init__(self, endpoint: str, body: dict[str, Any], think: float, timeout: float,
-                 max_requests: int | None, on_record: Callable[[Record], None] | None) -> None:
-        self.endpoint, self.body, self.think, self.timeout = endpoint, body, think, timeout
+    def __init__(self, endpoint: str, bodies: list[dict[str, Any]], think: float,
+                 timeout: float, max_requests: int | None,
+                 on_record: Callable[[Record], None] | None) -> None:
+        self.endpoint, self.bodies, self.think, self.timeout = endpoint, bodies, think, timeout
         self.budget = max_requests
         self.on_record = on_record
         self.records: list[Record] = []
@@ -183,7 +187,8 @@ class _Load:
     def send(self, session: requests.Session, user: int, started: float) -> Record:
         status, sentences, error, partial, retry_after = NO_ANSWER, 0, "", False, 0.0
         try:
-            response = session.post(self.endpoint, json=self.body, timeout=self.timeout)
+            response = session.post(self.endpoint, json=self.bodies[user % len(self.bodies)],
+                                    timeout=self.timeout)
             status = response.status_code
             if status == 200:
                 body = response.json()

@@ -54,6 +54,7 @@ class Settings:
     length: int
     max_growth_percent: float
     ceiling_seconds: float = 0.0  # > 0: first measure the engine alone that long
+    contexts: str = "same"  # "own": each client its own context, of its own length
 
 
 def process_memory(supervisor: Supervisor) -> dict[str, int]:
@@ -114,6 +115,12 @@ def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
     pool = layout.pools[settings.pool]
     body = {"context": CONTEXT, "model_size": pool.name, "n_samples": settings.n_samples,
             "length": settings.length}
+    # With "own" contexts, client i drops the last i words: every client's prompt has a
+    # length of its own, as editors' texts do, so queued samples share a batch only with
+    # their own Tab's.
+    words = CONTEXT.split()
+    bodies = ([{**body, "context": " ".join(words[:max(1, len(words) - i)])}
+               for i in range(settings.clients)] if settings.contexts == "own" else [body])
     ceiling = batched = None
     if settings.ceiling_seconds > 0:  # before the tiers start: nothing else on the cores
         from fanout.tools.ceiling import engine_ceiling
@@ -132,7 +139,8 @@ def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
         timeout = private.limits.max_time + private.front.network_slack + 30
         with running_tiers(private, log_path, START_SECONDS) as supervisor:
             if settings.warmup > 0:
-                run_load(url, body, settings.clients, settings.warmup, settings.think, timeout)
+                run_load(url, bodies, settings.clients, settings.warmup, settings.think,
+                         timeout)
             rejected_before = front_rejections(url)
             start = process_memory(supervisor)
             timeline = [{"t": 0.0, "rss_bytes": sum(start.values())}]
@@ -151,7 +159,7 @@ def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             try:
-                result = run_load(url, body, settings.clients, settings.duration,
+                result = run_load(url, bodies, settings.clients, settings.duration,
                                   settings.think, timeout)
             finally:
                 stop.set()
@@ -184,7 +192,7 @@ def report_text(report: dict[str, Any]) -> str:
     lines = [
         f"soak: {s['clients']} clients, think {s['think']:g} s, {s['duration']:g} s, pool "
         f"{s['pool']} ({report['workers']} workers), n_samples {s['n_samples']}, length "
-        f"{s['length']}",
+        f"{s['length']}, {'one context each' if s['contexts'] == 'own' else 'one context'}",
         f"requests sent {load['requests']}, answered {answered}; by status: "
         + ", ".join(f"{k}: {v}" for k, v in report["by_status"].items()),
         f"front counted {report['rejected_by_front']} rejections (503); partial answers: "
@@ -235,6 +243,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "this long (and as long again in batches of the pool's "
                              "batch, if it batches): the completions/s the tiers are read "
                              "against (CPU pools; default 0, not run)")
+    parser.add_argument("--contexts", choices=("same", "own"), default="same",
+                        help="same: every client sends one context; own: each its own, of "
+                             "a length of its own (as editors' texts are), so samples of "
+                             "different clients rarely share a worker's batch")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--log", type=Path, help="the tiers' log (default: a temp file)")
 
@@ -268,7 +280,8 @@ def run(args: argparse.Namespace, layout: Layout) -> int:
     settings = Settings(pool=pool, clients=args.clients, duration=args.duration,
                         warmup=args.warmup, think=args.think, n_samples=args.n_samples,
                         length=args.length or layout.defaults.length,
-                        max_growth_percent=args.max_growth, ceiling_seconds=args.ceiling)
+                        max_growth_percent=args.max_growth, ceiling_seconds=args.ceiling,
+                        contexts=args.contexts)
     log_path = args.log or Path(tempfile.mkstemp(prefix="fanout-soak-", suffix=".log")[1])
     print(f"tiers' log: {log_path}", flush=True)
     try:

@@ -63,7 +63,7 @@ def test_a_batching_pools_ceiling_is_measured_in_whole_batches_too(
     report_path = tmp_path / "soak.json"
     done = subprocess.run(
         [*SOAK, "--layout", str(layout), "--clients", "3", "--duration", "2", "--warmup",
-         "1", "--n-samples", "3", "--length", "5", "--ceiling", "1",
+         "1", "--n-samples", "3", "--length", "5", "--ceiling", "1", "--contexts", "own",
          "--json", str(report_path), "--log", str(tmp_path / "tiers.log")],
         capture_output=True, text=True, timeout=180)
 
@@ -74,6 +74,7 @@ def test_a_batching_pools_ceiling_is_measured_in_whole_batches_too(
     # Whole batches of three, at least the calibration's five per process.
     assert batched["completions"] % 3 == 0 and batched["completions"] >= 2 * 5 * 3
     assert "in batches of 3 samples:" in done.stdout
+    assert report["settings"]["contexts"] == "own" and "one context each" in done.stdout
     assert processes_of(tmp_path) == []
 
 

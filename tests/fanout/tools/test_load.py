@@ -18,8 +18,13 @@ from fanout.tools.ports import free_port
 class Front:
     """Answers /autocomplete with ``n_samples`` sentences; every ``fail_every``-th gets 504."""
 
-    def __init__(self, delay: float = 0.01, fail_every: int = 0) -> None:
+    def __init__(self, delay: float = 0.01, fail_every: int = 0, hold_until: int = 0) -> None:
+        """``hold_until``: no answer before that many different contexts came in."""
         self.seen = 0
+        self.contexts: set[str] = set()
+        self.held = threading.Event()
+        if not hold_until:
+            self.held.set()
         self.lock = threading.Lock()
         front = self
 
@@ -30,7 +35,11 @@ class Front:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with front.lock:
                     front.seen += 1
+                    front.contexts.add(body["context"])
+                    if len(front.contexts) >= hold_until:
+                        front.held.set()
                     failed = fail_every and front.seen % fail_every == 0
+                front.held.wait(timeout=60)  # a guard against a hang, not a pace
                 time.sleep(delay)
                 status, answer = (504, {"title": "late"}) if failed else (
                     200, {"sentences": [{"value": "x"}] * body["n_samples"]})
@@ -75,6 +84,18 @@ def test_every_request_sent_gets_one_record(front: Front) -> None:
     # No request starts after the deadline; the run lasts until the last answer.
     assert all(r.started < 1.0 for r in result.records)
     assert result.duration == pytest.approx(max(r.started + r.latency for r in result.records))
+
+
+def test_given_a_body_each_users_send_their_own() -> None:
+    # Nothing is answered before three contexts came in: each user has one request in
+    # flight, so all three must have sent theirs.
+    front = Front(hold_until=3)
+    bodies = [{**BODY, "context": f"user {user}"} for user in range(3)]
+    result = run_load(front.url, bodies, users=3, duration=60.0, max_requests=6)
+    front.server.shutdown()
+    front.server.server_close()
+    assert result.requests == 6 and result.ok_requests == 6
+    assert front.contexts == {"user 0", "user 1", "user 2"}
 
 
 def test_the_request_budget_bounds_the_run(front: Front) -> None:
