@@ -73,16 +73,29 @@ def test_greedy_rows_decode_as_each_alone(engine: Engine) -> None:
     assert [c.tokens for c in together] == [12, 5, 9]  # each row its own length
 
 
-def test_prompts_of_other_lengths_decode_apart(engine: Engine) -> None:
-    """CTranslate2 would decode the longer prompt's tail as if sampled (see _Sample.key)."""
-    asked = [params(context="The nation", temperature=0, length=8),
-             params(context="In his address to the Congress, the President", temperature=0,
-                    length=8),
-             params(context="The rain", temperature=0, length=8)]
+def test_prompts_of_near_lengths_share_a_batch_and_decode_as_each_alone(
+        engine: Engine) -> None:
+    asked = [params(context=context, temperature=0, length=8) for context in (
+        "The nation",                                       # 2 tokens
+        "In his address to the Congress, the President",    # 9: within 8 of the first
+        "It was a dark and stormy night, and the rain fell in torrents, except",  # 18
+        "Hello")]                                           # 1: with no other
+    assert [len(engine.tokenize(request.context)) for request in asked] == [2, 9, 18, 1]
     alone = [engine.generate(request) for request in asked]
     together = completions(in_one_round(engine, *[(request, None) for request in asked]))
     assert [c.text for c in together] == [c.text for c in alone]
-    assert [c.batch for c in together] == [2, 1, 2]
+    assert [c.batch for c in together] == [2, 2, 1, 1]
+
+
+def test_min_tokens_holds_in_a_batch_of_other_prompt_lengths(talks_to_the_end: Path) -> None:
+    # A row's prompt tail that CTranslate2 decodes step by step is no token of its
+    # completion: min_tokens still counts from its own first token.
+    eager = load("ctranslate2", Model("eos", talks_to_the_end))
+    asked = [params(context="The nation", length=8, min_tokens=5, temperature=0),
+             params(context="In his address to the Congress", length=8, min_tokens=5,
+                    temperature=0)]
+    together = completions(in_one_round(eager, *[(request, None) for request in asked]))
+    assert [(c.tokens, c.finish_reason, c.batch) for c in together] == [(5, "stop", 2)] * 2
 
 
 def test_each_row_stops_on_its_own_terms(engine: Engine) -> None:

@@ -52,6 +52,12 @@ from worker_api.engines.logprobs import Scored
 if TYPE_CHECKING:
     from worker_api.engines.stepwise import Logits
 
+# How far a batch's prompt lengths may differ (tokens): each token of difference costs the
+# batch about one decoding step (_near_lengths). Two rows of the small model, 20 tokens
+# each: 11.4 ms for equal prompts, 14.7 ms eight tokens apart, 17.3 ms sixteen apart,
+# against 17.4 ms one after the other (docs/BENCHMARKS.md, 2026-12-05 evening).
+PROMPT_SPREAD = 8
+
 # numpy (and worker_api.engines.stepwise, which needs it) is imported by the requests that
 # use it (logprobs, penalties, a bias other than a ban): a worker that serves plain
 # completions stays 11 MiB smaller.
@@ -140,21 +146,34 @@ class CTranslate2Engine(Engine):
             self._decode(generator, [sample])
         else:
             seat.gather(sample.key, sample, partial(self._decode, generator))
+            seat.rows = sample.rows
         sample.finish(self.eos_token_id)
         return seed
 
     @staticmethod
     def _decode(generator: ctranslate2.Generator, samples: list[_Sample]) -> None:
-        """Decode ``samples`` (alike but for their length) as one batch; each row stops
-        when its own callback says so."""
-        options = {**samples[0].options,
-                   "max_length": max(sample.options["max_length"] for sample in samples)}
+        """Decode ``samples`` (alike but for their lengths), as few batches as prompts of
+        near lengths make; each row stops when its own callback says so."""
+        for batch in _near_lengths(samples):
+            options = {**batch[0].options,
+                       "max_length": max(sample.options["max_length"] for sample in batch)}
 
-        def on_step(step: Any) -> bool:  # called by CTranslate2's decoding thread
-            return samples[step.batch_id].step(step.token_id)
+            # Called by CTranslate2's decoding thread; ``batch`` bound now, not at the call.
+            def on_step(step: Any, batch: list[_Sample] = batch) -> bool:
+                return batch[step.batch_id].step(step.token_id)
 
-        generator.generate_batch([sample.tokens for sample in samples], callback=on_step,
-                                 beam_size=1, include_prompt_in_result=False, **options)
+            for sample in batch:
+                sample.rows = len(batch)
+            try:
+                generator.generate_batch([sample.tokens for sample in batch],
+                                         callback=on_step, beam_size=1,
+                                         include_prompt_in_result=False, **options)
+            finally:
+                # CTranslate2's decoding thread may drop its copy of ``on_step`` after this
+                # call returns: were it the last reference to a sample (and through its
+                # ``take`` to the engine), the engine would be freed on that thread, whose
+                # generator cannot join itself (the process aborts). It keeps nothing.
+                batch.clear()
 
     def _generator(self, params: GenerationParams,
                    seed: int | None) -> tuple[ctranslate2.Generator, int | None]:
@@ -211,16 +230,15 @@ class _Sample:
         self.tokens, self.take, self.options = tokens, take, options
         self.count, self.stopped = 0, False
         self.failed: BaseException | None = None
+        self.rows = 1  # the samples decoded in one batch with it
 
     @property
     def key(self) -> Hashable:
-        """Samples with equal keys may share a batch: prompts of one length, every option
-        but the length to generate. CTranslate2 feeds a batch's prompts at once only up to
-        the shortest; the rest of a longer one it decodes step by step and hands to the
-        callback as if sampled."""
-        return (len(self.tokens), *sorted((name, _frozen(value))
-                                          for name, value in self.options.items()
-                                          if name != "max_length"))
+        """Samples with equal keys may share a batch: every option but the length to
+        generate, and one-token prompts only with one another (``_near_lengths``)."""
+        return (len(self.tokens) == 1, *sorted((name, _frozen(value))
+                                               for name, value in self.options.items()
+                                               if name != "max_length"))
 
     def step(self, token: int) -> bool:
         self.count += 1
@@ -238,6 +256,24 @@ class _Sample:
             raise self.failed
         if not self.stopped and self.count < self.options["max_length"]:
             self.take(eos_token_id)
+
+
+def _near_lengths(samples: list[_Sample]) -> list[list[_Sample]]:
+    """``samples`` in batches whose prompt lengths differ by at most ``PROMPT_SPREAD``.
+
+    CTranslate2 feeds a batch's prompts at once up to the shortest, then the rest of each
+    longer one a token per step, beside the shorter rows' sampling: each row still
+    decodes as it would alone (its callback starts after its own prompt), but every
+    such step costs the whole batch a step. A batch whose shortest prompt is one token
+    long is the exception: the longer rows' prompt tokens come back as if sampled, so
+    ``_Sample.key`` keeps one-token prompts apart."""
+    batches: list[list[_Sample]] = []
+    for sample in sorted(samples, key=lambda s: len(s.tokens)):
+        if batches and len(sample.tokens) - len(batches[-1][0].tokens) <= PROMPT_SPREAD:
+            batches[-1].append(sample)
+        else:
+            batches.append([sample])
+    return batches
 
 
 def _frozen(value: Any) -> Hashable:
