@@ -90,10 +90,12 @@ def test_typing_during_a_slow_request_aborts_it(page: Page, tiers: RunningTiers)
         front_log = tiers.log_size("front")
         with page.expect_event("requestfailed") as failed:
             page.keyboard.type("er")
-    # The page cut its request; the front saw it leave and ended the request.
+        # The page cut its request; the front saw it leave and ended the request. The
+        # workers stay stopped until it has: resumed, they could answer before the front
+        # looked.
+        tiers.wait_for_log("front", "client left before its samples were in", since=front_log)
     assert failed.value.url.endswith("/autocomplete")
     assert "ABORTED" in (failed.value.failure or "")
-    tiers.wait_for_log("front", "client left before its samples were in", since=front_log)
     expect(page.locator("#suggestions")).to_be_hidden()
     assert options(page) == []
     assert page.locator("#document").input_value() == "Slower"
