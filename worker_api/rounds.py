@@ -1,8 +1,8 @@
 """Rounds: the requests a worker took from its listener at once, sampled as one batch.
 
 A worker takes one connection when it is idle, as gunicorn's sync worker does; but when
-other connections are already waiting in the listener's backlog (every worker of the
-pool was busy as they came), it takes those too, up to the pool's ``batch``
+other connections are already waiting in the listener's backlog and no other worker of
+the pool is idle to take them, it takes those too, up to the pool's ``batch``
 (``worker_api.gathering``), and serves them side by side, one thread each: a round. A
 round's samples that can share a decoding wait for one another and are decoded as one
 batch: decoding a batch of three costs the small model little more than half of three
@@ -68,7 +68,9 @@ class Seat:
     def __init__(self, taken: Round) -> None:
         self.round = taken
         self.settled = False
-        self.rows = 1  # the items decoded in one batch with this request's
+        # The items decoded in one batch with this request's: its group's, unless the
+        # engine, which may split a group into several batches, says fewer.
+        self.rows = 1
 
     def gather(self, key: Hashable, item: Item, run: Callable[[list[Item]], None]) -> None:
         """Wait until every request of the round has gathered or left, then run each
