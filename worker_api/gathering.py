@@ -2,9 +2,10 @@
 
 An idle worker blocks in accept() and takes one connection, exactly as gunicorn's sync
 worker does, so the fan-out still spreads over idle workers (gunicorn_conf). What it adds:
-when it takes a connection while no other worker of the pool is idle, it also takes,
-without waiting, the connections already queued on the listener, up to the pool's
-``batch``: no idle worker was left for them. Served as one round (``worker_api.rounds``),
+when it takes a connection, it also takes, without waiting, the connections already
+queued on the listener past one for each other idle worker, up to the pool's ``batch``:
+no idle worker is left for them (a Tab of three reaching two idle workers at once: one
+takes two). Served as one round (``worker_api.rounds``),
 their samples decode as one batch instead of one after another. Whether the others are
 idle it reads from an ``IdleBoard``, one byte per slot in memory the master shares with
 every worker it forks.
@@ -19,6 +20,7 @@ import errno
 import mmap
 import os
 import socket
+import struct
 import threading
 from typing import Any
 
@@ -30,6 +32,10 @@ from worker_api.slots import SLOT_ENV
 
 # accept() on the non-blocking listener when nothing more is queued.
 _NOTHING_QUEUED = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED)
+# struct tcp_info (linux/tcp.h): eight one-byte fields, then u32s rto, ato, snd_mss,
+# rcv_mss, unacked, ...
+_TCPI_UNACKED = 24
+_TCP_INFO_BYTES = 104
 
 
 class IdleBoard:
@@ -45,8 +51,9 @@ class IdleBoard:
     def mark(self, slot: int, idle: bool) -> None:
         self.flags[slot] = idle
 
-    def others_idle(self, slot: int) -> bool:
-        return self.flags[:].count(1) - self.flags[slot] > 0
+    def others_idle(self, slot: int) -> int:
+        """How many workers other than ``slot``'s are idle."""
+        return self.flags[:].count(1) - self.flags[slot]
 
 
 class GatheringWorker(SyncWorker):
@@ -69,7 +76,11 @@ class GatheringWorker(SyncWorker):
             raise
         self.board.mark(self.slot, False)
         taken = [first]
-        while len(taken) < self.batch and not self.board.others_idle(self.slot):
+        more = self.batch - 1
+        if idle := self.board.others_idle(self.slot):
+            # One queued connection for each idle worker; only those past them are ours.
+            more = min(more, max(0, queued(listener) - idle))
+        while len(taken) <= more:
             try:
                 taken.append(listener.accept())
             except OSError as error:
@@ -95,6 +106,17 @@ class GatheringWorker(SyncWorker):
                address: Any) -> None:
         with serving(together):
             self.handle(listener, client, address)
+
+
+def queued(listener: socket.socket) -> int:
+    """Connections waiting in ``listener``'s accept queue: for a listening TCP socket,
+    Linux reports it as ``tcpi_unacked`` of TCP_INFO. 0 where it cannot be read (a Unix
+    socket): then a worker takes more only while no other is idle."""
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+    except (OSError, AttributeError):
+        return 0
+    return int(struct.unpack_from("I", info, _TCPI_UNACKED)[0])
 
 
 def gathering_worker(batch: int, board: IdleBoard) -> type[GatheringWorker]:

@@ -39,6 +39,20 @@ def one_worker(tmp_path_factory: pytest.TempPathFactory,
         yield running
 
 
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory,
+                tiny_model_dir: Path) -> Iterator[RunningTiers]:
+    folder = tmp_path_factory.mktemp("batching-two")
+    document = layout_document(
+        tiny_model_dir,
+        pools={"two": {"bind": f"127.0.0.1:{free_port()}", "engine": "ctranslate2",
+                       "dtype": None, "quantization": "int8", "batch": 4,
+                       "slots": [{"device": "cpu"}, {"device": "cpu"}]}},
+        front={"bind": f"127.0.0.1:{free_port()}"})
+    with started(document, folder) as running:
+        yield running
+
+
 def batch_rows(tiers: RunningTiers) -> tuple[float, float]:
     """The worker's ``fanout_worker_batch_rows`` histogram: completions, and their rows."""
     scraped = scrape(tiers.pool_url("one"))
@@ -100,3 +114,25 @@ def test_a_bad_request_taken_with_good_ones_is_refused_and_holds_none_back(
         assert answer.json()["tokens"] == 12
     count, rows = batch_rows(tiers)
     assert (count - before[0], rows - before[1]) == (2, 4)
+
+
+def test_a_worker_leaves_one_queued_connection_for_each_other_idle_worker(
+        two_workers: RunningTiers) -> None:
+    """A Tab of three queued while both workers are idle: the worker that takes the first
+    connection takes one more and leaves the third to the other idle worker. Held
+    stopped, that one does not take it; the first takes it once its batch is done."""
+    tiers = two_workers
+    first, other = tiers.ready_slots("two").values()
+    with ThreadPoolExecutor(1) as executor, paused([other]):
+        with paused([first]):  # both idle, stopped: the Tab's three connections queue
+            sent = executor.submit(requests.post, f"{tiers.front_url}/autocomplete",
+                                   timeout=60, headers={"X-Request-ID": "three-on-two"},
+                                   json={**GREEDY, "model_size": "two", "n_samples": 3})
+            tiers.wait_until(lambda: queued(tiers.pool_url("two")) == 3,
+                             "three connections queued")
+        response = sent.result()
+    assert response.status_code == 200, response.text
+    lines = [line for line in tiers.request_lines("pool-two", "three-on-two", 3)
+             if line["route"] == "/generate"]
+    assert [line["batch"] for line in lines] == [2, 2, 1]  # in the order they ended
+    assert {line["pid"] for line in lines} == {first}
