@@ -43,8 +43,8 @@ workers = len(_pool.slots)
 # keep-alive). An idle worker is therefore the only one blocked in accept(), so the
 # kernel hands each of a fan-out's N connections to a different idle worker: gunicorn's
 # accept loop is the load balancer. Threaded or async workers would break that. A
-# CTranslate2 pool's worker, taking one while no other is idle, also takes those already
-# queued (they found no idle worker) and decodes them as one batch: worker_api.gathering.
+# CTranslate2 pool's worker taking one also takes those queued past one for each other
+# idle worker (none is left for them) and decodes them as one batch: worker_api.gathering.
 worker_class = (gathering_worker(_pool.batch, IdleBoard(len(_pool.slots)))
                 if _pool.batch > 1 else "sync")
 timeout = int(_pool.worker_timeout)
