@@ -5,10 +5,9 @@ worker does, so the fan-out still spreads over idle workers (gunicorn_conf). Wha
 when it takes a connection, it also takes, without waiting, the connections already
 queued on the listener past one for each other idle worker, up to the pool's ``batch``:
 no idle worker is left for them (a Tab of three reaching two idle workers at once: one
-takes two). Served as one round (``worker_api.rounds``),
-their samples decode as one batch instead of one after another. Whether the others are
-idle it reads from an ``IdleBoard``, one byte per slot in memory the master shares with
-every worker it forks.
+takes two). Served as one round (``worker_api.rounds``), their samples decode as one
+batch instead of one after another. Whether the others are idle it reads from an
+``IdleBoard``, one byte per slot in memory the master shares with every worker it forks.
 
 Imported by the master (gunicorn_conf names the class): gunicorn and the standard
 library only.
@@ -42,8 +41,8 @@ class IdleBoard:
     """Which of a pool's workers serve no request (they wait in accept(), or are still
     loading): one byte per slot, in an anonymous shared mapping the master makes before
     it forks, so every worker sees the others'. A worker that dies idle leaves its byte
-    set until its successor takes a connection: meanwhile the others take one connection
-    at a time, as sync workers do."""
+    set until its successor takes a connection: meanwhile the others leave a queued
+    connection for it, as for any idle worker, which the successor takes once loaded."""
 
     def __init__(self, slots: int) -> None:
         self.flags = mmap.mmap(-1, slots)
@@ -80,7 +79,7 @@ class GatheringWorker(SyncWorker):
         if idle := self.board.others_idle(self.slot):
             # One queued connection for each idle worker; only those past them are ours.
             more = min(more, max(0, queued(listener) - idle))
-        while len(taken) <= more:
+        while len(taken) < 1 + more:
             try:
                 taken.append(listener.accept())
             except OSError as error:
