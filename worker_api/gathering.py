@@ -41,8 +41,9 @@ class IdleBoard:
     """Which of a pool's workers serve no request (they wait in accept(), or are still
     loading): one byte per slot, in an anonymous shared mapping the master makes before
     it forks, so every worker sees the others'. A worker that dies idle leaves its byte
-    set until its successor takes a connection: meanwhile the others leave a queued
-    connection for it, as for any idle worker, which the successor takes once loaded."""
+    set until its successor takes a connection: meanwhile the others leave one queued
+    connection out of their batches, as for any idle worker; it waits for the first
+    worker to come back to accept()."""
 
     def __init__(self, slots: int) -> None:
         self.flags = mmap.mmap(-1, slots)
