@@ -116,8 +116,8 @@ def soak(layout: Layout, settings: Settings, log_path: Path) -> dict[str, Any]:
     body = {"context": CONTEXT, "model_size": pool.name, "n_samples": settings.n_samples,
             "length": settings.length}
     # With "own" contexts, client i drops the last i words: every client's prompt has a
-    # length of its own, as editors' texts do, so queued samples share a batch only with
-    # their own Tab's.
+    # length of its own, as editors' texts do, and queued samples share a batch only with
+    # their own Tab's or those of prompts near in length (worker_api.engines).
     words = CONTEXT.split()
     bodies = ([{**body, "context": " ".join(words[:max(1, len(words) - i)])}
                for i in range(settings.clients)] if settings.contexts == "own" else [body])
@@ -246,7 +246,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contexts", choices=("same", "own"), default="same",
                         help="same: every client sends one context; own: each its own, of "
                              "a length of its own (as editors' texts are), so samples of "
-                             "different clients rarely share a worker's batch")
+                             "different clients share a worker's batch only when their "
+                             "prompts are near in length")
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--log", type=Path, help="the tiers' log (default: a temp file)")
 
