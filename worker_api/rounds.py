@@ -1,8 +1,8 @@
 """Rounds: the requests a worker took from its listener at once, sampled as one batch.
 
 A worker takes one connection when it is idle, as gunicorn's sync worker does; but when
-other connections are already waiting in the listener's backlog and no other worker of
-the pool is idle to take them, it takes those too, up to the pool's ``batch``
+other connections are already waiting in the listener's backlog, more than the pool's
+other idle workers can take, it takes the rest too, up to the pool's ``batch``
 (``worker_api.gathering``), and serves them side by side, one thread each: a round. A
 round's samples that can share a decoding wait for one another and are decoded as one
 batch: decoding a batch of three costs the small model little more than half of three
