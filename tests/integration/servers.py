@@ -205,6 +205,15 @@ def paused(pids: Iterable[int]) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
 
 
+def in_accept(pid: int) -> bool:
+    """Is sync worker ``pid`` idle, its main thread in select() on its listener (where a
+    gathering worker has marked itself idle)? Read from /proc/<pid>/wchan."""
+    try:
+        return "poll" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
 def queued(url: str) -> int:
     """Connections waiting for a worker in the accept queue of the server at ``url``: a
     listening socket's Recv-Q, as ss reads it from the kernel."""

@@ -16,7 +16,15 @@ import requests
 
 from fanout.tools.ports import free_port
 from tests.conftest import layout_document
-from tests.integration.servers import RunningTiers, paused, queued, scrape, started, total
+from tests.integration.servers import (
+    RunningTiers,
+    in_accept,
+    paused,
+    queued,
+    scrape,
+    started,
+    total,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +131,9 @@ def test_a_worker_leaves_one_queued_connection_for_each_other_idle_worker(
     stopped, that one does not take it; the first takes it once its batch is done."""
     tiers = two_workers
     first, other = tiers.ready_slots("two").values()
+    # The other must be stopped idle, in select(): stopped on its way back from the
+    # /health just asked, it would still count as busy.
+    tiers.wait_until(lambda: in_accept(other), "the other worker back in accept()")
     with ThreadPoolExecutor(1) as executor, paused([other]):
         with paused([first]):  # both idle, stopped: the Tab's three connections queue
             sent = executor.submit(requests.post, f"{tiers.front_url}/autocomplete",
