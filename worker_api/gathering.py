@@ -20,13 +20,12 @@ import mmap
 import os
 import socket
 import struct
-import threading
-from typing import Any
+from functools import partial
 
 from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
 
-from worker_api.rounds import Round, serving
+from worker_api.rounds import run_together
 from worker_api.slots import SLOT_ENV
 
 # accept() on the non-blocking listener when nothing more is queued.
@@ -57,8 +56,8 @@ class IdleBoard:
 
 
 class GatheringWorker(SyncWorker):
-    batch = 1  # set by ``gathering_worker``
-    board = IdleBoard(1)
+    batch: int  # both set by ``gathering_worker``
+    board: IdleBoard
     slot = 0
 
     def init_process(self) -> None:
@@ -92,20 +91,9 @@ class GatheringWorker(SyncWorker):
             util.close_on_exec(client)
         if len(taken) == 1:
             self.handle(listener, *taken[0])
-            return
-        together = Round(len(taken))
-        threads = [threading.Thread(target=self._serve, args=(together, listener, *pair),
-                                    name=f"round-{index}")
-                   for index, pair in enumerate(taken)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
-    def _serve(self, together: Round, listener: socket.socket, client: socket.socket,
-               address: Any) -> None:
-        with serving(together):
-            self.handle(listener, client, address)
+        else:  # handle() answers every failure itself
+            run_together([partial(self.handle, listener, client, address)
+                          for client, address in taken])
 
 
 def queued(listener: socket.socket) -> int:

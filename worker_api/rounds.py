@@ -18,12 +18,13 @@ none waits for another that is not going to join.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 _local = threading.local()
 
@@ -150,3 +151,25 @@ def serving(taken: Round) -> Iterator[None]:
     finally:
         _local.seat = None
         seat.leave()
+
+
+def run_together(calls: Sequence[Callable[[], Result]]) -> list[Result | BaseException]:
+    """Each call on a thread of its own, all of them one round, as a worker serves the
+    connections it took together; their results (or what they raised), in order."""
+    together = Round(len(calls))
+    results: list[Result | BaseException | None] = [None] * len(calls)
+
+    def serve(index: int, call: Callable[[], Result]) -> None:
+        with serving(together):
+            try:
+                results[index] = call()
+            except BaseException as error:  # the caller decides what it means
+                results[index] = error
+
+    threads = [threading.Thread(target=serve, args=pair, name=f"round-{pair[0]}")
+               for pair in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results  # type: ignore[return-value]  # every slot was filled

@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,33 +32,32 @@ pytestmark = pytest.mark.integration
 GREEDY = {"context": "The nation is", "length": 12, "temperature": 0, "stop_at": "none"}
 
 
+def batching_pool(folder: Path, model: Path, name: str,
+                  workers: int) -> AbstractContextManager[RunningTiers]:
+    """A front and pool ``name``: ``workers`` CTranslate2 workers, batches of up to 4."""
+    document = layout_document(
+        model,
+        pools={name: {"bind": f"127.0.0.1:{free_port()}", "engine": "ctranslate2",
+                      "dtype": None, "quantization": "int8", "batch": 4,
+                      "slots": [{"device": "cpu"}] * workers}},
+        front={"bind": f"127.0.0.1:{free_port()}"})
+    return started(document, folder)
+
+
 @pytest.fixture(scope="module")
 def one_worker(tmp_path_factory: pytest.TempPathFactory,
                tiny_model_dir: Path) -> Iterator[RunningTiers]:
-    """One CTranslate2 worker, taking up to four requests at once: no other worker is
-    ever idle, so whatever queues behind it is its to take."""
-    folder = tmp_path_factory.mktemp("batching")
-    document = layout_document(
-        tiny_model_dir,
-        pools={"one": {"bind": f"127.0.0.1:{free_port()}", "engine": "ctranslate2",
-                       "dtype": None, "quantization": "int8", "batch": 4,
-                       "slots": [{"device": "cpu"}]}},
-        front={"bind": f"127.0.0.1:{free_port()}"})
-    with started(document, folder) as running:
+    """One worker: no other is ever idle, so whatever queues behind it is its to take."""
+    with batching_pool(tmp_path_factory.mktemp("batching"), tiny_model_dir, "one",
+                       1) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory: pytest.TempPathFactory,
                 tiny_model_dir: Path) -> Iterator[RunningTiers]:
-    folder = tmp_path_factory.mktemp("batching-two")
-    document = layout_document(
-        tiny_model_dir,
-        pools={"two": {"bind": f"127.0.0.1:{free_port()}", "engine": "ctranslate2",
-                       "dtype": None, "quantization": "int8", "batch": 4,
-                       "slots": [{"device": "cpu"}, {"device": "cpu"}]}},
-        front={"bind": f"127.0.0.1:{free_port()}"})
-    with started(document, folder) as running:
+    with batching_pool(tmp_path_factory.mktemp("batching-two"), tiny_model_dir, "two",
+                       2) as running:
         yield running
 
 

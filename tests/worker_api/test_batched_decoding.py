@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -35,25 +36,8 @@ def in_one_round(engine: Engine, *asked: tuple[GenerationParams, Abandoned]
                  ) -> list[Completion | BaseException]:
     """Each request generated on its own thread, all of them one round, as a worker
     serves the connections it took together."""
-    together = rounds.Round(len(asked))
-    results: list[Completion | BaseException | None] = [None] * len(asked)
-
-    def serve(index: int, request: GenerationParams, abandoned: Abandoned) -> None:
-        with rounds.serving(together):
-            try:
-                results[index] = engine.generate(request, abandoned=abandoned)
-            except Exception as error:
-                results[index] = error
-
-    threads = [threading.Thread(target=serve, args=(index, *pair))
-               for index, pair in enumerate(asked)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)  # a guard against a hang, not a timing
-        assert not thread.is_alive(), "a request of the round never finished"
-    assert all(result is not None for result in results)
-    return results  # type: ignore[return-value]
+    return rounds.run_together([partial(engine.generate, request, abandoned=abandoned)
+                                for request, abandoned in asked])
 
 
 def completions(results: list[Completion | BaseException]) -> list[Completion]:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -189,29 +189,20 @@ def _run(model: Any, kind: str, params: GenerationParams, n: int, rows: int) -> 
 
 
 def _round(model: Engine, params: GenerationParams, indexes: range) -> list[int]:
-    """Samples ``indexes`` of a request generated as one round: a thread each, as the
-    worker serves the connections it took together."""
-    from worker_api.rounds import Round, serving
+    """Samples ``indexes`` of a request generated as one round, as the worker serves the
+    connections it took together."""
+    from worker_api.rounds import run_together
 
-    together = Round(len(indexes))
-    tokens = [0] * len(indexes)
-    failed: list[BaseException] = []
+    results = run_together([partial(_tokens, model, sample_params(params, index))
+                            for index in indexes])
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]  # no exception among them
 
-    def one(slot: int, index: int) -> None:
-        with serving(together):
-            try:
-                tokens[slot] = model.generate(sample_params(params, index)).tokens
-            except BaseException as error:
-                failed.append(error)
 
-    threads = [threading.Thread(target=one, args=pair) for pair in enumerate(indexes)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failed:
-        raise failed[0]
-    return tokens
+def _tokens(model: Engine, params: GenerationParams) -> int:
+    return model.generate(params).tokens
 
 
 def sample_params(params: GenerationParams, index: int) -> GenerationParams:
